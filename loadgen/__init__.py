@@ -1,0 +1,5 @@
+"""loadgen: a distributed load generator for LLM inference servers."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

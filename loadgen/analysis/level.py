@@ -1,0 +1,201 @@
+"""One load level summarised and judged: metrics, keeping up, SLOs, client-bound workers, ledger.
+
+Input: the level's records (``RECORD_SCHEMA`` table), its run.json entry and
+the optional telemetry samples of the level. Output: ``LevelSummary``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from loadgen.analysis.ledger import Ledger
+from loadgen.analysis.metrics import (
+    MISSING,
+    NS_PER_MS,
+    LevelMetrics,
+    RequestTimes,
+    Window,
+    level_metrics,
+)
+from loadgen.config import AnalysisConfig, ClusterConfig, SLOConfig
+
+OPEN_LOOP_MODES = ("rate", "trace")
+
+
+@dataclass
+class LevelSummary:
+    """A level's identity, metrics and verdicts."""
+
+    level: int
+    mode: str  # rate | concurrency | trace
+    value: float  # req/s, streams or time-scale, as configured
+    offered_rps: Optional[float]  # planned arrivals / sending time (None for closed loop)
+    window_start_ns: int
+    window_end_ns: int
+    metrics: LevelMetrics
+    ledger: Ledger
+    keep_up_ratio: Optional[float] = None  # achieved / load scheduled in the window (open loop)
+    kept_up: bool = True  # achieved >= saturation_tolerance * offered in the window (open loop)
+    slo_met: bool = True  # slo.percentile of every set SLO within its bound
+    failures: list[str] = field(default_factory=list)  # why kept_up or slo_met is False, in words
+    client_bound: bool = False
+    client_bound_workers: list[int] = field(default_factory=list)
+    client_bound_reasons: list[str] = field(default_factory=list)
+    stopped_early: Optional[str] = None  # reason the runner cut the level short (queues growing)
+
+    @property
+    def open_loop(self) -> bool:
+        """Whether arrivals followed a schedule (rate or trace) rather than closed-loop streams."""
+        return self.mode in OPEN_LOOP_MODES
+
+    @property
+    def load(self) -> float:
+        """The x-axis value of the level: offered req/s for open loop, concurrency for closed loop."""
+        if self.open_loop:
+            return self.offered_rps if self.offered_rps is not None else self.metrics.scheduled_rps
+        return self.value
+
+    @property
+    def passed(self) -> bool:
+        """Kept up, met its SLOs and was not stopped early for growing queues."""
+        return self.kept_up and self.slo_met and self.stopped_early is None
+
+
+def steady_window(meta: Mapping[str, Any], times: RequestTimes) -> Window:
+    """The level's steady window from run.json, else the span of its scheduled send times."""
+    start, end = meta.get("steady_start_ns"), meta.get("steady_end_ns")
+    if start is not None and end is not None and end > start:
+        return Window(int(start), int(end))
+    t = times.scheduled[times.scheduled != MISSING]
+    if t.size == 0:
+        return Window(0, 0)
+    return Window(int(t.min()), int(t.max()) + 1)
+
+
+def worker_lags(
+    worker_id: np.ndarray, lag_ms: np.ndarray, threshold_ms: float, what: str
+) -> dict[int, str]:
+    """Workers whose p99 of ``lag_ms`` exceeds the threshold, each with the reason in words."""
+    keep = np.isfinite(lag_ms)
+    worker_id, lag_ms = worker_id[keep], lag_ms[keep]
+    if worker_id.size == 0:
+        return {}
+    order = np.argsort(worker_id, kind="stable")
+    ids, starts = np.unique(worker_id[order], return_index=True)
+    out = {}
+    for wid, lags in zip(ids, np.split(lag_ms[order], starts[1:])):
+        p99 = float(np.percentile(lags, 99))
+        if p99 > threshold_ms:
+            out[int(wid)] = f"worker {int(wid)}: {what} p99 {p99:.1f} ms > {threshold_ms:g} ms"
+    return out
+
+
+def client_bound(
+    times: RequestTimes,
+    loop_lag_ms: np.ndarray,
+    meta: Mapping[str, Any],
+    telemetry: Optional[pa.Table],
+    cluster: ClusterConfig,
+) -> tuple[list[int], list[str]]:
+    """Workers whose schedule lag or event-loop lag marks the level client-bound, and why.
+
+    Flagged by run.json (``client_bound_workers``), by the per-request schedule
+    lag and loop lag in the records, or by the workers' loop-lag telemetry.
+    """
+    lag, valid = times.schedule_lag()
+    found = worker_lags(
+        times.worker_id[valid], lag[valid] / NS_PER_MS, cluster.schedule_lag_warn_ms, "schedule lag"
+    )
+    sources = [(times.worker_id, loop_lag_ms)]
+    if telemetry is not None and telemetry.num_rows:
+        sources.append(
+            (
+                pc.fill_null(telemetry.column("worker_id"), -1).to_numpy(),
+                pc.fill_null(telemetry.column("loop_lag_ms"), np.nan).to_numpy().astype(np.float64),
+            )
+        )
+    for wid, lags in sources:
+        for w, why in worker_lags(wid, lags, cluster.loop_lag_warn_ms, "event-loop lag").items():
+            found.setdefault(w, why)
+    for w in meta.get("client_bound_workers") or []:
+        found.setdefault(int(w), f"worker {int(w)}: flagged by the runner")
+    if meta.get("client_bound") and not found:
+        found[-1] = "flagged by the runner"
+    workers = sorted(w for w in found if w >= 0)
+    return workers, [found[w] for w in sorted(found)]
+
+
+def judge(
+    level: LevelSummary, slo: SLOConfig, analysis: AnalysisConfig
+) -> tuple[Optional[float], bool, bool, list[str]]:
+    """Keep-up ratio, kept_up, slo_met and the failures in words, for a level's metrics."""
+    m = level.metrics
+    failures = []
+    ratio = None
+    kept_up = True
+    if level.open_loop:
+        ratio = m.achieved_rps / m.scheduled_rps if m.scheduled_rps > 0 else None
+        kept_up = ratio is not None and ratio >= analysis.saturation_tolerance
+        if not kept_up:
+            failures.append(
+                f"achieved {m.achieved_rps:.3g} req/s < {analysis.saturation_tolerance:g} × "
+                f"{m.scheduled_rps:.3g} req/s scheduled in the window"
+            )
+    slo_met = True
+    for key, value in m.slo_percentiles.items():
+        bound = getattr(slo, key)
+        if value is None or value > bound:
+            slo_met = False
+            shown = "no data" if value is None else f"{value:.4g} ms"
+            failures.append(f"p{slo.percentile:g} {key[:-3].upper()} {shown} > {bound:g} ms")
+    if m.requests and not m.completed:
+        slo_met = False
+        failures.append("no request completed in the steady window")
+    return ratio, kept_up, slo_met, failures
+
+
+def summarize_level(
+    table: pa.Table,
+    meta: Mapping[str, Any],
+    slo: SLOConfig,
+    analysis: AnalysisConfig,
+    cluster: ClusterConfig,
+    telemetry: Optional[pa.Table] = None,
+) -> LevelSummary:
+    """Summarise and judge one level from its records and its run.json entry."""
+    times = RequestTimes.from_table(table)
+    window = steady_window(meta, times)
+    status_counts = {
+        str(s["values"]): int(s["counts"]) for s in pc.value_counts(table.column("status")).to_pylist()
+    }
+    ledger = (
+        Ledger.from_meta(meta["ledger"], records=table.num_rows)
+        if meta.get("ledger")
+        else Ledger.from_status_counts(status_counts)
+    )
+    offered = meta.get("offered_rps")
+    summary = LevelSummary(
+        level=int(meta["level"]),
+        mode=str(meta.get("mode") or "rate"),
+        value=float(meta.get("value") if meta.get("value") is not None else offered or 0.0),
+        offered_rps=None if offered is None else float(offered),
+        window_start_ns=window.start_ns,
+        window_end_ns=window.end_ns,
+        metrics=level_metrics(table, window, slo, times),
+        ledger=ledger,
+        stopped_early=meta.get("stopped_early") or None,
+    )
+    summary.keep_up_ratio, summary.kept_up, summary.slo_met, summary.failures = judge(summary, slo, analysis)
+    if summary.stopped_early:
+        summary.failures.append(f"stopped early: {summary.stopped_early}")
+    loop_lag = pc.fill_null(table.column("loop_lag_ms"), np.nan).to_numpy().astype(np.float64)
+    summary.client_bound_workers, summary.client_bound_reasons = client_bound(
+        times, loop_lag, meta, telemetry, cluster
+    )
+    summary.client_bound = bool(summary.client_bound_reasons)
+    return summary

@@ -1,0 +1,377 @@
+"""Per-request and per-level metrics, each defined once and computed vectorised.
+
+Input: the records of one load level (a pyarrow Table with ``RECORD_SCHEMA``)
+and its steady-state window. Output: ``LevelMetrics`` — latency distributions
+(exact percentiles), throughput, errors by class, peak concurrency and goodput.
+The formulas are written out in ``docs/metrics.md``; each function below
+names its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from loadgen.config import SLOConfig
+
+#: Marks a null time in the int64 arrays below (real times are positive epoch nanoseconds).
+MISSING = np.iinfo(np.int64).min
+NS_PER_MS = 1e6
+NS_PER_S = 1e9
+#: The percentiles reported for every distribution.
+PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+#: Percentiles sampled for distribution plots: 0 to 99.99, evenly spaced in -log10(1 - q).
+CDF_PERCENTILES = tuple(float(q) for q in 100.0 * (1.0 - 10.0 ** -np.linspace(0.0, 4.0, 41)))
+#: Record columns the metrics read (everything except ids and text).
+METRIC_COLUMNS = [
+    "worker_id",
+    "scheduled_ns",
+    "sent_ns",
+    "first_token_ns",
+    "end_ns",
+    "output_tokens",
+    "chunk_ns",
+    "status",
+    "loop_lag_ms",
+]
+
+
+def quantiles(values: np.ndarray, qs: Sequence[float], weights: Optional[np.ndarray] = None) -> np.ndarray:
+    """Exact percentiles ``qs`` (0–100) of ``values``; NaN for an empty sample.
+
+    Unweighted this is numpy's default (linear) method. Weighted, it is the same
+    method applied to the sample in which value *i* occurs ``weights[i]`` times,
+    extended to fractional weights.
+    """
+    q = np.asarray(qs, dtype=np.float64)
+    if values.size == 0:
+        return np.full(q.shape, np.nan)
+    if weights is None:
+        return np.percentile(values, q)
+    order = np.argsort(values, kind="stable")
+    v = values[order].astype(np.float64)
+    cum = np.cumsum(weights[order], dtype=np.float64)
+    pos = np.clip(q / 100.0 * (cum[-1] - 1.0), 0.0, None)
+    lo = np.floor(pos)
+    # Value at position p of the expanded sample: the first value whose cumulative weight exceeds p.
+    i_lo = np.minimum(np.searchsorted(cum, lo, side="right"), v.size - 1)
+    i_hi = np.minimum(np.searchsorted(cum, lo + 1.0, side="right"), v.size - 1)
+    return v[i_lo] + (pos - lo) * (v[i_hi] - v[i_lo])
+
+
+@dataclass
+class Dist:
+    """One latency distribution in milliseconds: count, mean, percentiles, max (None when empty)."""
+
+    count: int = 0
+    mean: Optional[float] = None
+    p50: Optional[float] = None
+    p90: Optional[float] = None
+    p95: Optional[float] = None
+    p99: Optional[float] = None
+    p999: Optional[float] = None
+    max: Optional[float] = None
+
+    @classmethod
+    def of(cls, values_ns: np.ndarray, weights: Optional[np.ndarray] = None) -> Dist:
+        """Summarise nanosecond values (optionally weighted) in milliseconds."""
+        if values_ns.size == 0:
+            return cls()
+        p = quantiles(values_ns, PERCENTILES, weights) / NS_PER_MS
+        mean = np.average(values_ns, weights=weights) / NS_PER_MS
+        return cls(
+            count=int(values_ns.size),
+            mean=float(mean),
+            p50=float(p[0]),
+            p90=float(p[1]),
+            p95=float(p[2]),
+            p99=float(p[3]),
+            p999=float(p[4]),
+            max=float(values_ns.max() / NS_PER_MS),
+        )
+
+
+def cdf_ms(values_ns: np.ndarray, weights: Optional[np.ndarray] = None) -> list[float]:
+    """The distribution sampled at ``CDF_PERCENTILES``, in ms (empty list for no data)."""
+    if values_ns.size == 0:
+        return []
+    return [float(v) for v in quantiles(values_ns, CDF_PERCENTILES, weights) / NS_PER_MS]
+
+
+@dataclass(frozen=True)
+class Window:
+    """A level's steady-state window [start_ns, end_ns) on the run clock."""
+
+    start_ns: int
+    end_ns: int
+
+    @property
+    def seconds(self) -> float:
+        """Length of the window in seconds."""
+        return (self.end_ns - self.start_ns) / NS_PER_S
+
+    def contains(self, t: np.ndarray) -> np.ndarray:
+        """Which of the times ``t`` (ns, MISSING for null) fall inside the window."""
+        return (t >= self.start_ns) & (t < self.end_ns)
+
+
+def _times(table: pa.Table, name: str) -> np.ndarray:
+    return pc.fill_null(table.column(name), MISSING).to_numpy()
+
+
+@dataclass
+class RequestTimes:
+    """One level's per-request columns as numpy arrays; null times are ``MISSING``, null counts -1."""
+
+    scheduled: np.ndarray
+    sent: np.ndarray
+    first_token: np.ndarray
+    end: np.ndarray
+    output_tokens: np.ndarray
+    ok: np.ndarray
+    worker_id: np.ndarray
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> RequestTimes:
+        """Extract the columns; a null ``scheduled_ns`` (closed loop) falls back to ``sent_ns``."""
+        sent = _times(table, "sent_ns")
+        scheduled = _times(table, "scheduled_ns")
+        scheduled = np.where(scheduled == MISSING, sent, scheduled)
+        return cls(
+            scheduled=scheduled,
+            sent=sent,
+            first_token=_times(table, "first_token_ns"),
+            end=_times(table, "end_ns"),
+            output_tokens=pc.fill_null(table.column("output_tokens"), -1).to_numpy().astype(np.int64),
+            ok=pc.fill_null(pc.equal(table.column("status"), "ok"), False).to_numpy(),
+            worker_id=pc.fill_null(table.column("worker_id"), -1).to_numpy(),
+        )
+
+    def __len__(self) -> int:
+        return int(self.sent.size)
+
+    def _span(self, start: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        valid = (start != MISSING) & (stop != MISSING)
+        return np.where(valid, stop - start, 0), valid
+
+    def ttft(self) -> tuple[np.ndarray, np.ndarray]:
+        """TTFT = first_token_ns − sent_ns (values, defined-mask)."""
+        return self._span(self.sent, self.first_token)
+
+    def queued_ttft(self) -> tuple[np.ndarray, np.ndarray]:
+        """Queued TTFT = first_token_ns − scheduled_ns: what a user waiting since the intended send saw."""
+        return self._span(self.scheduled, self.first_token)
+
+    def e2e(self) -> tuple[np.ndarray, np.ndarray]:
+        """E2E = end_ns − sent_ns."""
+        return self._span(self.sent, self.end)
+
+    def queued_e2e(self) -> tuple[np.ndarray, np.ndarray]:
+        """Queued E2E = end_ns − scheduled_ns."""
+        return self._span(self.scheduled, self.end)
+
+    def schedule_lag(self) -> tuple[np.ndarray, np.ndarray]:
+        """Schedule lag = sent_ns − scheduled_ns: how late loadgen sent the request."""
+        return self._span(self.scheduled, self.sent)
+
+    def tpot(self) -> tuple[np.ndarray, np.ndarray]:
+        """TPOT = (end_ns − first_token_ns) / (output_tokens − 1), for output_tokens ≥ 2."""
+        span, valid = self._span(self.first_token, self.end)
+        valid &= self.output_tokens >= 2
+        return np.where(valid, span / np.maximum(self.output_tokens - 1, 1), 0.0), valid
+
+    def normalized(self) -> tuple[np.ndarray, np.ndarray]:
+        """Normalized latency = E2E / output_tokens, for output_tokens ≥ 1."""
+        span, valid = self.e2e()
+        valid &= self.output_tokens >= 1
+        return np.where(valid, span / np.maximum(self.output_tokens, 1), 0.0), valid
+
+
+@dataclass
+class ChunkScan:
+    """What one pass over the ``chunk_ns`` lists yields."""
+
+    itl_ns: np.ndarray  # gaps between consecutive content chunks of the selected requests
+    itl_weights: Optional[np.ndarray]  # tokens carried by the chunk closing each gap (None: all 1)
+    chunks: np.ndarray  # chunks per request
+    tokens_in_window: float  # output tokens (chunk-weighted) that arrived inside the window
+
+
+def scan_chunks(
+    chunks: pa.ChunkedArray, select: np.ndarray, output_tokens: np.ndarray, window: Window
+) -> ChunkScan:
+    """ITL gaps of the ``select``-ed requests and token arrivals in ``window``, one pass, no Python loop per row.
+
+    A chunk carries ``output_tokens / len(chunk_ns)`` tokens of its request (the
+    server's usage count spread over its chunks; 1 when usage is missing), so
+    multi-token chunks weigh as many tokens as they delivered.
+    """
+    gaps: list[np.ndarray] = []
+    gap_weights: list[np.ndarray] = []
+    lengths_all: list[np.ndarray] = []
+    tokens = 0.0
+    row = 0
+    for arr in chunks.chunks:
+        n = len(arr)
+        lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy().astype(np.int64)
+        values = arr.flatten().to_numpy()
+        sel, out = select[row : row + n], output_tokens[row : row + n]
+        row += n
+        lengths_all.append(lengths)
+        if values.size == 0:
+            continue
+        weight = np.where((out >= 0) & (lengths > 0), out / np.maximum(lengths, 1), 1.0)
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        inside = window.contains(values)
+        cum = np.concatenate(([0], np.cumsum(inside, dtype=np.int64)))
+        tokens += float(np.dot(cum[ends] - cum[starts], weight))
+        # Gaps between consecutive values, minus those spanning two requests.
+        keep = np.ones(values.size - 1, dtype=bool)
+        boundary = starts[(lengths > 0) & (starts > 0)] - 1
+        keep[boundary] = False
+        per_row = np.maximum(lengths - 1, 0)
+        keep[keep] = np.repeat(sel, per_row)
+        gaps.append(np.diff(values)[keep])
+        gap_weights.append(np.repeat(weight[sel], per_row[sel]))
+    itl = np.concatenate(gaps) if gaps else np.empty(0, np.int64)
+    w = np.concatenate(gap_weights) if gap_weights else np.empty(0)
+    return ChunkScan(
+        itl_ns=itl,
+        itl_weights=None if np.all(w == 1.0) else w,
+        chunks=np.concatenate(lengths_all) if lengths_all else np.empty(0, np.int64),
+        tokens_in_window=tokens,
+    )
+
+
+def peak_in_flight(start: np.ndarray, end: np.ndarray) -> int:
+    """Most requests open at once, from [start, end) intervals (an open end counts as never closing)."""
+    if start.size == 0:
+        return 0
+    end = np.where(end == MISSING, np.iinfo(np.int64).max, end)
+    t = np.concatenate((start, end))
+    delta = np.concatenate((np.ones(start.size, np.int8), np.full(end.size, -1, np.int8)))
+    order = np.lexsort((delta, t))  # at equal times a close comes before an open
+    return int(np.cumsum(delta[order], dtype=np.int64).max())
+
+
+def in_flight_at(start: np.ndarray, end: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Requests open at each time in ``t``: started at or before it and not yet ended."""
+    end = np.where(end == MISSING, np.iinfo(np.int64).max, end)
+    return np.searchsorted(np.sort(start), t, side="right") - np.searchsorted(np.sort(end), t, side="right")
+
+
+def meets_slo(times: RequestTimes, slo: SLOConfig, streamed: bool) -> np.ndarray:
+    """Per request: status ok and every set SLO met (TTFT/TPOT only checked when the level streamed).
+
+    A TTFT objective needs a first token; TPOT is undefined (and so not failed)
+    for a single-token answer.
+    """
+    good = times.ok.copy()
+    if streamed and slo.ttft_ms is not None:
+        ttft, valid = times.ttft()
+        good &= valid & (ttft <= slo.ttft_ms * NS_PER_MS)
+    if streamed and slo.tpot_ms is not None:
+        tpot, valid = times.tpot()
+        good &= ~valid | (tpot <= slo.tpot_ms * NS_PER_MS)
+    if slo.e2e_ms is not None:
+        e2e, valid = times.e2e()
+        good &= valid & (e2e <= slo.e2e_ms * NS_PER_MS)
+    return good
+
+
+@dataclass
+class LevelMetrics:
+    """Every metric of one level; latencies over ok requests scheduled in the steady window."""
+
+    window_s: float = 0.0
+    requests: int = 0  # requests scheduled in the window (any status)
+    completed: int = 0  # ok requests that ended in the window
+    achieved_rps: float = 0.0  # completed / window_s
+    scheduled_rps: float = 0.0  # requests / window_s: the load actually offered in the window
+    output_tok_s: float = 0.0  # output tokens arriving in the window / window_s
+    streamed: bool = False  # whether any request streamed content chunks
+    ttft: Dist = field(default_factory=Dist)
+    queued_ttft: Dist = field(default_factory=Dist)
+    itl: Dist = field(default_factory=Dist)
+    tpot: Dist = field(default_factory=Dist)
+    e2e: Dist = field(default_factory=Dist)
+    queued_e2e: Dist = field(default_factory=Dist)
+    normalized: Dist = field(default_factory=Dist)  # ms per output token
+    schedule_lag: Dist = field(default_factory=Dist)
+    errors: dict[str, int] = field(default_factory=dict)  # non-ok requests in the window, by status
+    error_rate: float = 0.0  # non-ok / requests
+    peak_in_flight: int = 0  # over the whole level
+    good: int = 0  # requests in the window meeting every SLO
+    attainment: Optional[float] = None  # good / requests
+    goodput_rps: float = 0.0  # ok completions in the window meeting every SLO / window_s
+    slo_percentiles: dict[str, Optional[float]] = field(default_factory=dict)  # slo.percentile of each SLO'd metric, ms
+    cdf: dict[str, list[float]] = field(default_factory=dict)  # ttft/itl/e2e at CDF_PERCENTILES, ms
+
+
+def level_metrics(
+    table: pa.Table, window: Window, slo: SLOConfig, times: Optional[RequestTimes] = None
+) -> LevelMetrics:
+    """Compute ``LevelMetrics`` for one level's records (``times``: their columns, if already extracted)."""
+    times = times if times is not None else RequestTimes.from_table(table)
+    in_window = window.contains(times.scheduled)
+    sample = in_window & times.ok
+    chunk_scan = scan_chunks(table.column("chunk_ns"), sample, times.output_tokens, window)
+    streamed = bool(np.any(chunk_scan.chunks > 0))
+
+    ended = window.contains(times.end)
+    unstreamed_done = ended & times.ok & (chunk_scan.chunks == 0) & (times.output_tokens > 0)
+    tokens = chunk_scan.tokens_in_window + float(times.output_tokens[unstreamed_done].sum())
+    completed = int(np.count_nonzero(ended & times.ok))
+    requests = int(np.count_nonzero(in_window))
+    seconds = window.seconds if window.seconds > 0 else float("inf")  # an empty level has no rates
+
+    def dist(metric: tuple[np.ndarray, np.ndarray], rows: np.ndarray = sample) -> np.ndarray:
+        values, valid = metric
+        return values[rows & valid]
+
+    ttft, queued_ttft, e2e = dist(times.ttft()), dist(times.queued_ttft()), dist(times.e2e())
+    tpot = dist(times.tpot())
+    status = table.column("status").filter(pa.array(in_window & ~times.ok))
+    errors = {str(s["values"]): int(s["counts"]) for s in pc.value_counts(status).to_pylist()}
+
+    good_rows = meets_slo(times, slo, streamed)
+    slo_values = {"ttft_ms": ttft if streamed else None, "tpot_ms": tpot if streamed else None, "e2e_ms": e2e}
+    slo_percentiles = {
+        key: float(quantiles(values, [slo.percentile])[0] / NS_PER_MS) if values.size else None
+        for key, values in slo_values.items()
+        if getattr(slo, key) is not None and values is not None
+    }
+    return LevelMetrics(
+        window_s=window.seconds,
+        requests=requests,
+        completed=completed,
+        achieved_rps=completed / seconds,
+        scheduled_rps=requests / seconds,
+        output_tok_s=tokens / seconds,
+        streamed=streamed,
+        ttft=Dist.of(ttft),
+        queued_ttft=Dist.of(queued_ttft),
+        itl=Dist.of(chunk_scan.itl_ns, chunk_scan.itl_weights),
+        tpot=Dist.of(tpot),
+        e2e=Dist.of(e2e),
+        queued_e2e=Dist.of(dist(times.queued_e2e())),
+        normalized=Dist.of(dist(times.normalized())),
+        schedule_lag=Dist.of(dist(times.schedule_lag(), in_window)),
+        errors=errors,
+        error_rate=(requests - int(np.count_nonzero(sample))) / requests if requests else 0.0,
+        peak_in_flight=peak_in_flight(times.sent[times.sent != MISSING], times.end[times.sent != MISSING]),
+        good=int(np.count_nonzero(good_rows & in_window)),
+        attainment=float(np.count_nonzero(good_rows & in_window)) / requests if requests else None,
+        goodput_rps=float(np.count_nonzero(good_rows & ended)) / seconds,
+        slo_percentiles=slo_percentiles,
+        cdf={
+            "ttft": cdf_ms(ttft),
+            "itl": cdf_ms(chunk_scan.itl_ns, chunk_scan.itl_weights),
+            "e2e": cdf_ms(e2e),
+        },
+    )

@@ -1,0 +1,248 @@
+"""A whole run analysed: per-level summaries plus the run's verdicts, and their machine-readable files.
+
+Input: a run directory. Output: ``RunSummary`` (``analyze_run``) and
+``summary.json`` / ``summary.parquet`` (``write_summary``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, TypeVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from loadgen.analysis.capacity import CapacityPlan, GoodputCapacity, goodput_capacity, plan_capacity
+from loadgen.analysis.ledger import Ledger
+from loadgen.analysis.level import LevelSummary, summarize_level
+from loadgen.analysis.metrics import METRIC_COLUMNS, Dist
+from loadgen.analysis.rundir import (
+    iter_level_tables,
+    read_run_json,
+    read_telemetry,
+    records_root,
+    scrub,
+)
+from loadgen.analysis.saturation import Knee, Saturation, knee_point, saturation_point
+from loadgen.config import AnalysisConfig, ClusterConfig, SLOConfig
+from loadgen.records import RECORD_SCHEMA, STATUSES
+
+T = TypeVar("T")
+
+
+@dataclass
+class RunSummary:
+    """Everything the report shows about one run."""
+
+    run_id: str
+    run_dir: str
+    status: str  # run.json status: complete | interrupted | failed | running | unknown
+    info: dict[str, Any]  # target, workload, versions, nodes, workers, times (scrubbed)
+    config: dict[str, Any]  # the run's config (scrubbed)
+    slo: SLOConfig
+    analysis: AnalysisConfig
+    levels: list[LevelSummary]
+    saturation: Saturation
+    knee: Knee
+    goodput_capacity: GoodputCapacity
+    ledger: Ledger
+    plan: Optional[CapacityPlan] = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """A short name for legends and tables: the run directory's name."""
+        return os.path.basename(os.path.normpath(self.run_dir)) or self.run_id
+
+    def saturated(self, level: LevelSummary) -> bool:
+        """Whether a level lies at or past the first level that failed the saturation rule."""
+        first = self.saturation.first_failing_level
+        if first is None:
+            return False
+        failing = next(lv for lv in self.levels if lv.level == first)
+        return level.open_loop == failing.open_loop and level.load >= failing.load
+
+    @property
+    def client_bound_levels(self) -> list[int]:
+        """Levels where loadgen itself, not the server, may have been the bottleneck."""
+        return [lv.level for lv in self.levels if lv.client_bound]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (non-finite floats become null)."""
+        d = dataclasses.asdict(self)
+        for lv_dict, lv in zip(d["levels"], self.levels):
+            lv_dict.update(load=lv.load, open_loop=lv.open_loop, passed=lv.passed)
+            lv_dict["ledger"]["problems"] = lv.ledger.problems()
+        d["ledger"]["problems"] = self.ledger.problems()
+        d["client_bound_levels"] = self.client_bound_levels
+        return _finite(d)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _from_dict(cls: type[T], values: Optional[Mapping[str, Any]]) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in (values or {}).items() if k in names})
+
+
+def analyze_run(
+    run_dir: str,
+    slo: Optional[SLOConfig] = None,
+    analysis: Optional[AnalysisConfig] = None,
+    cluster: Optional[ClusterConfig] = None,
+) -> RunSummary:
+    """Analyse a run directory; SLO, analysis and cluster settings default to those in its run.json."""
+    meta = read_run_json(run_dir)
+    config = meta.get("config") or {}
+    slo = slo or _from_dict(SLOConfig, config.get("slo"))
+    analysis = analysis or _from_dict(AnalysisConfig, config.get("analysis"))
+    cluster = cluster or _from_dict(ClusterConfig, config.get("cluster"))
+    telemetry = read_telemetry(run_dir)
+    level_meta = {int(m["level"]): m for m in meta.get("levels") or []}
+    default_mode = "concurrency" if (config.get("load") or {}).get("kind") == "concurrency" else "rate"
+    notes = []
+    if not meta:
+        notes.append("run.json is missing: levels, windows and ledgers were derived from the records alone")
+    elif meta.get("status") not in (None, "complete"):
+        notes.append(f"the run's status is '{meta.get('status')}': results cover what was recorded")
+
+    levels: list[LevelSummary] = []
+    seen = set()
+    for level, table in iter_level_tables(records_root(run_dir, meta), METRIC_COLUMNS + ["level_value"]):
+        seen.add(level)
+        lm = level_meta.get(level)
+        if lm is None:
+            values = pc.unique(table.column("level_value")).drop_null().to_pylist()
+            lm = {"level": level, "mode": default_mode, "value": values[0] if values else 0.0}
+            lm["offered_rps"] = lm["value"] if default_mode == "rate" else None
+            if meta:
+                notes.append(f"level {level} has records but no entry in run.json")
+        tel = telemetry
+        if tel is not None and "level" in tel.column_names:
+            tel = tel.filter(pc.equal(tel.column("level"), level))
+        levels.append(summarize_level(table, lm, slo, analysis, cluster, tel))
+    for level, lm in sorted(level_meta.items()):
+        if level not in seen:
+            levels.append(summarize_level(RECORD_SCHEMA.empty_table(), lm, slo, analysis, cluster))
+
+    levels.sort(key=lambda lv: lv.level)
+    if levels and not any(lv.metrics.streamed for lv in levels) and (slo.ttft_ms or slo.tpot_ms):
+        notes.append("no level streamed tokens: TTFT and TPOT objectives were not applied")
+    ledger = sum((lv.ledger for lv in levels), Ledger(source=levels[0].ledger.source if levels else "records", records=0))
+    for lv in levels:
+        notes += [f"level {lv.level} ledger does not close: {p}" for p in lv.ledger.problems()]
+    saturation = saturation_point(levels, slo.percentile, analysis)
+    gcap = goodput_capacity(levels, slo.attainment)
+    return RunSummary(
+        run_id=str(meta.get("run_id") or os.path.basename(os.path.normpath(run_dir))),
+        run_dir=run_dir,
+        status=str(meta.get("status") or "unknown"),
+        info=scrub({k: v for k, v in meta.items() if k not in ("config", "levels")}),
+        config=scrub(config),
+        slo=slo,
+        analysis=analysis,
+        levels=levels,
+        saturation=saturation,
+        knee=knee_point(levels),
+        goodput_capacity=gcap,
+        ledger=ledger,
+        plan=_plan(saturation, gcap, analysis),
+        notes=notes,
+    )
+
+
+def _plan(sat: Saturation, gcap: GoodputCapacity, analysis: AnalysisConfig) -> Optional[CapacityPlan]:
+    """Plan on the goodput capacity, else on the saturation throughput (a lower bound if never saturated)."""
+    if analysis.target_rate is None and analysis.price_per_replica_hour is None:
+        return None
+    if gcap.rate is not None:
+        rate, tok, basis, lower = gcap.rate, gcap.output_tok_s, "goodput capacity", False
+    elif sat.throughput_rps:
+        rate, tok, basis, lower = sat.throughput_rps, sat.output_tok_s, "saturation throughput", not sat.reached
+    else:
+        return None
+    return plan_capacity(
+        rate,
+        basis,
+        target_rps=analysis.target_rate,
+        output_tok_s=tok,
+        price_per_replica_hour=analysis.price_per_replica_hour,
+        lower_bound=lower,
+    )
+
+
+DIST_NAMES = ("ttft", "queued_ttft", "itl", "tpot", "e2e", "queued_e2e", "normalized", "schedule_lag")
+_ERROR_CLASSES = tuple(s for s in STATUSES if s != "ok")
+
+
+def level_rows(summary: RunSummary) -> list[dict[str, Any]]:
+    """One flat dict per level: the columns of ``summary.parquet``."""
+    rows = []
+    for lv in summary.levels:
+        m = lv.metrics
+        row: dict[str, Any] = {
+            "run_id": summary.run_id,
+            "level": lv.level,
+            "mode": lv.mode,
+            "value": lv.value,
+            "offered_rps": lv.offered_rps,
+            "load": lv.load,
+            "window_s": m.window_s,
+            "requests": m.requests,
+            "completed": m.completed,
+            "scheduled_rps": m.scheduled_rps,
+            "achieved_rps": m.achieved_rps,
+            "output_tok_s": m.output_tok_s,
+            "goodput_rps": m.goodput_rps,
+            "attainment": m.attainment,
+            "error_rate": m.error_rate,
+            "peak_in_flight": m.peak_in_flight,
+            "streamed": m.streamed,
+        }
+        for name in DIST_NAMES:
+            d: Dist = getattr(m, name)
+            for stat in ("mean", "p50", "p90", "p95", "p99", "p999", "max"):
+                row[f"{name}_{stat}_ms"] = getattr(d, stat)
+        for cls in _ERROR_CLASSES:
+            row[f"errors_{cls}"] = m.errors.get(cls, 0)
+        row.update(
+            keep_up_ratio=lv.keep_up_ratio,
+            kept_up=lv.kept_up,
+            slo_met=lv.slo_met,
+            passed=lv.passed,
+            saturated=summary.saturated(lv),
+            client_bound=lv.client_bound,
+            client_bound_workers=lv.client_bound_workers,
+            ledger_closes=lv.ledger.closes,
+            failures=lv.failures,
+        )
+        rows.append(_finite(row))
+    return rows
+
+
+def write_summary(run_dir: str, summary: RunSummary) -> tuple[str, str]:
+    """Write ``summary.json`` (everything) and ``summary.parquet`` (one row per level); return their paths."""
+    os.makedirs(run_dir, exist_ok=True)
+    json_path = os.path.join(run_dir, "summary.json")
+    with open(json_path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(summary.to_dict(), f, indent=2, ensure_ascii=False)
+    os.replace(json_path + ".tmp", json_path)
+    pq_path = os.path.join(run_dir, "summary.parquet")
+    rows = level_rows(summary)
+    table = pa.Table.from_pylist(rows) if rows else pa.table({"level": pa.array([], pa.int32())})
+    pq.write_table(table, pq_path + ".tmp")
+    os.replace(pq_path + ".tmp", pq_path)
+    return json_path, pq_path

@@ -1,0 +1,83 @@
+"""The ``loadgen`` command: a Hydra app that runs one load test and reports on it.
+
+Input: ``conf/`` plus command-line overrides. Output: a run directory (see
+docs/run-directory.md) and, on the terminal, the saturation table and verdicts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from loadgen.config import REDACTED, ConfigError, LoadgenConfig, to_config
+from loadgen.paths import conf_dir
+
+ConfigStore.instance().store(name="loadgen_schema", node=LoadgenConfig)
+
+_SECRET_LINE = re.compile(r"(api_key\s*[:=]\s*)(?!null\b|None\b|\*\*\*)(\S.*)$", re.MULTILINE)
+
+
+def redact_hydra_dir(run_dir: str) -> None:
+    """Replace every api_key value in Hydra's saved config and overrides with '***'."""
+    hydra_dir = Path(run_dir) / ".hydra"
+    for path in hydra_dir.glob("*.yaml"):
+        text = path.read_text()
+        clean = _SECRET_LINE.sub(lambda m: m.group(1) + REDACTED, text)
+        if clean != text:
+            path.write_text(clean)
+
+
+def _report(run_dir: str, console: Console, plots: bool) -> Optional[dict[str, Any]]:
+    """Aggregate the run and show/write the results."""
+    from loadgen.analysis import analyze_run, write_summary
+    from loadgen.report import render_terminal, write_html, write_plots
+
+    summary = analyze_run(run_dir)
+    write_summary(run_dir, summary)
+    render_terminal(summary, console)
+    if plots:
+        written = write_plots(summary, run_dir)
+        html = write_html(summary, run_dir)
+        console.print(f"plots: {', '.join(os.path.basename(p) for p in written)}; report: {html}")
+    return summary
+
+
+@hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")
+def app(node: DictConfig) -> Any:
+    """Run one load test (Hydra entry point)."""
+    from loadgen.runner import run
+    from loadgen.sim.process import SimError
+    from loadgen.target import TargetError
+    from loadgen.workload import WorkloadError
+
+    run_dir = HydraConfig.get().runtime.output_dir
+    redact_hydra_dir(run_dir)
+    console = Console()
+    try:
+        cfg = to_config(OmegaConf.to_container(node, resolve=True))
+        meta = run(cfg, run_dir, console=console)
+    except (ConfigError, TargetError, WorkloadError, SimError) as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    console.print(f"run directory: {run_dir}  ({meta['status']})")
+    if meta["levels"]:
+        _report(run_dir, console, cfg.analysis.plots)
+    return None
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

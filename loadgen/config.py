@@ -1,0 +1,349 @@
+"""Structured configuration: every option of loadgen, typed, documented and validated once.
+
+Input: the Hydra-composed config (``conf/`` plus overrides). Output: validated
+dataclasses (``LoadgenConfig``) used by every other module. Hydra checks keys
+and types against these dataclasses; ``validate`` checks values and raises
+``ConfigError`` naming the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional
+
+from omegaconf import MISSING  # noqa: F401  (re-exported for conf authors)
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key and what is expected."""
+
+
+# --------------------------------------------------------------------------- target
+
+
+@dataclass
+class FaultConfig:
+    """Fault injection in the embedded simulator (all rates are per-request probabilities)."""
+
+    http_error_rate: float = 0.0  # fraction of requests answered with `http_error_status`
+    http_error_status: int = 500  # status code of injected HTTP errors (429 adds Retry-After)
+    reset_rate: float = 0.0  # fraction of streams whose connection is reset after `reset_after_tokens`
+    reset_after_tokens: int = 4  # tokens written before an injected reset
+    truncate_rate: float = 0.0  # fraction of streams that end without `data: [DONE]`
+    garbage_rate: float = 0.0  # fraction of streams that get one malformed SSE/JSON chunk
+    stall_rate: float = 0.0  # fraction of streams that stall for `stall_s` after `stall_after_tokens`
+    stall_after_tokens: int = 2  # tokens written before an injected stall
+    stall_s: float = 30.0  # length of an injected stall
+    accept_delay_s: float = 0.0  # delay before the server answers a request at all (slow accept)
+    seed: int = 0  # seed of the fault draws
+
+
+@dataclass
+class SimProfile:
+    """A simulated continuous-batching engine: the knobs of its step-time model."""
+
+    name: str = "llama3-8b-h100"  # profile name, shown in reports
+    description: str = ""  # what hardware/model the profile stands for and the figures it was tuned to
+    max_num_seqs: int = 64  # sequences served at once (vLLM's --max-num-seqs)
+    max_num_batched_tokens: int = 2048  # tokens per step (prefill chunk + decodes; chunked prefill)
+    kv_cache_tokens: int = 200_000  # KV-cache capacity in tokens; requests wait when it is full
+    block_size: int = 16  # KV-cache block size in tokens
+    step_base_ms: float = 6.0  # fixed cost of one engine step
+    step_per_seq_ms: float = 0.05  # extra step cost per running (decoding) sequence
+    step_per_prefill_token_ms: float = 0.06  # extra step cost per prefill token in the step
+    prefix_caching: bool = True  # reuse KV blocks of identical prompt prefixes
+    tokens_per_chunk: int = 1  # tokens per SSE event (>1 mimics speculative decoding)
+    model: str = "sim-llama"  # model name served on /v1/models
+
+
+@dataclass
+class TargetConfig:
+    """The server under test: the embedded simulator or any OpenAI-compatible server."""
+
+    kind: str = "sim"  # sim: start the embedded simulator | openai: an existing server at `url`
+    url: Optional[str] = None  # base URL ending in /v1, e.g. http://127.0.0.1:8000/v1 (kind=openai)
+    model: Optional[str] = None  # model name; default: the first of GET /v1/models
+    api: str = "completions"  # completions | chat
+    stream: bool = True  # stream tokens over SSE (needed for TTFT/ITL)
+    api_key: Optional[str] = None  # bearer token; never written anywhere (prefer api_key_env)
+    api_key_env: Optional[str] = None  # name of an environment variable holding the bearer token
+    engine: str = "generic"  # vllm | sglang | tgi | llamacpp | trtllm | sim | generic: request fields and metric names
+    ignore_eos: bool = True  # ask the server to generate exactly output_tokens (ignore_eos/min_tokens)
+    extra_body: dict[str, Any] = field(default_factory=dict)  # extra JSON fields sent with every request
+    headers: dict[str, str] = field(default_factory=dict)  # extra HTTP headers (not secrets: they are saved)
+    timeout_s: float = 600.0  # whole-request timeout
+    stall_timeout_s: float = 60.0  # longest allowed gap between two streamed chunks
+    connect_timeout_s: float = 10.0  # TCP connect timeout
+    new_connection_per_request: bool = False  # for servers that close pooled connections (llama.cpp)
+    metrics_path: Optional[str] = "/metrics"  # Prometheus endpoint relative to the server root; null disables
+    scrape_interval_s: float = 1.0  # how often server metrics are sampled during a level
+    probe: bool = True  # send one tiny request before the first level to fail fast
+    sim: SimProfile = field(default_factory=SimProfile)  # simulator profile (kind=sim)
+    faults: FaultConfig = field(default_factory=FaultConfig)  # simulator fault injection (kind=sim)
+    sim_ground_truth: bool = False  # ask the simulator to write its own per-request timings
+
+
+# --------------------------------------------------------------------------- workload
+
+
+@dataclass
+class LengthDist:
+    """A token-length distribution for synthetic requests."""
+
+    dist: str = "fixed"  # fixed | uniform | normal | lognormal | empirical
+    mean: float = 256.0  # fixed value, or the mean (normal, lognormal)
+    std: float = 0.0  # standard deviation (normal, lognormal)
+    min: int = 1  # lower clip (and lower bound of uniform)
+    max: int = 8192  # upper clip (and upper bound of uniform)
+    path: Optional[str] = None  # empirical: a trace file whose lengths are resampled
+    column: str = "input_tokens"  # empirical: which request-table column to resample
+
+
+@dataclass
+class WorkloadConfig:
+    """Where requests come from: a synthetic generator or a trace, reshaped by config."""
+
+    kind: str = "synthetic"  # synthetic | azure | burstgpt | mooncake | sharegpt | generic
+    path: Optional[str] = None  # trace file (trace workloads)
+    num_requests: int = 2000  # synthetic: rows to generate (levels cycle through them as needed)
+    input_tokens: LengthDist = field(default_factory=lambda: LengthDist(mean=256))  # synthetic input lengths
+    output_tokens: LengthDist = field(default_factory=lambda: LengthDist(mean=128))  # synthetic output lengths
+    time_scale: float = 1.0  # trace time multiplier (0.5 = twice as fast)
+    target_rate: Optional[float] = None  # rescale inter-arrivals to this mean req/s, keeping burstiness
+    start_s: Optional[float] = None  # keep only arrivals at or after this offset (s from trace start)
+    end_s: Optional[float] = None  # keep only arrivals before this offset
+    max_input_tokens: Optional[int] = None  # clip input lengths to this
+    max_output_tokens: Optional[int] = None  # clip output lengths to this
+    model_filter: Optional[str] = None  # BurstGPT: keep only this model (e.g. ChatGPT)
+    log_type_filter: Optional[str] = None  # BurstGPT: keep only this log type
+    sample: Optional[int] = None  # keep a seeded random sample of this many requests
+    seed: int = 0  # seed for synthesis and sampling
+    on_error: str = "raise"  # raise | skip: what a malformed trace row does
+    zero_output: str = "drop"  # burstgpt: rows with 0 response tokens (failed requests): drop | keep (sent with 1 output token)
+    tokenizer: Optional[str] = None  # path to a tokenizer.json for exact prompt token counts
+    think_time_s: float = 0.0  # sessions: pause between a turn's answer and the next turn
+    max_turns: Optional[int] = None  # sessions: keep at most this many turns per conversation
+    columns: dict[str, str] = field(default_factory=dict)  # generic: request-table column -> file column
+    timestamp_unit: str = "s"  # generic: unit of the arrival column (s | ms | us | ns)
+
+
+# --------------------------------------------------------------------------- load
+
+
+@dataclass
+class LoadConfig:
+    """How hard to push: the load levels and how each is shaped and bounded."""
+
+    kind: str = "sweep"  # concurrency | rate | trace | sweep | search
+    levels: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0, 24.0, 32.0])  # req/s (open loop) or concurrency (closed loop)
+    arrival: str = "poisson"  # constant | poisson | gamma (open-loop levels)
+    burstiness: float = 1.0  # gamma shape^-1: 1 = Poisson, >1 burstier, <1 smoother
+    duration_s: float = 10.0  # length of each level's sending phase
+    max_requests: int = 5000  # per-level cap on requests sent
+    warmup_s: float = 2.0  # excluded from the steady-state window at the start of a level
+    drain_s: float = 30.0  # after sending stops, how long in-flight requests may finish
+    max_concurrency: Optional[int] = None  # open loop: a ceiling on in-flight requests (queues client-side)
+    ramp_up_s: float = 0.0  # open loop: rate ramps linearly from 0 over this many seconds
+    think_time_s: float = 0.0  # closed loop: pause between a stream's response and its next request
+    seed: int = 0  # seed of the arrival draws
+    # search (adaptive sweep)
+    search_start: float = 1.0  # first rate tried by load=search
+    search_factor: float = 2.0  # geometric step of the coarse phase
+    search_tolerance: float = 0.1  # stop bisecting when the bracket is within this relative width
+    search_max_levels: int = 12  # upper bound on levels measured by a search
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+@dataclass
+class ClusterConfig:
+    """Where loadgen's workers run: a private local Ray, or an existing Ray cluster."""
+
+    kind: str = "local"  # local: start a private Ray on 127.0.0.1 | ray: connect to `address`
+    address: Optional[str] = None  # ray: "auto", "HOST:PORT" or "ray://HOST:PORT"
+    workers: Optional[int] = None  # total worker actors; default: one per CPU of the cluster
+    workers_per_node: Optional[int] = None  # spread this many workers on every node instead
+    node_resource: Optional[str] = None  # only use nodes that have this custom resource (e.g. loadgen)
+    allow_head_node: bool = True  # may workers run on the head node (the driver's)
+    num_cpus: Optional[int] = None  # local: CPUs given to the private Ray; default: os.cpu_count()
+    worker_cpus: float = 0.5  # CPUs each worker actor reserves (fractional keeps small machines usable)
+    max_in_flight_per_worker: int = 10_000  # hard cap on one worker's open requests
+    connections_per_worker: Optional[int] = None  # connection pool size; default: the worker's max in flight
+    flush_interval_s: float = 2.0  # records are flushed to a new Parquet part at least this often
+    records_uri: Optional[str] = None  # write records straight to this pyarrow.fs URI (e.g. s3://b/run)
+    clock_sync_samples: int = 8  # clock-offset samples per worker (minimum-RTT one is kept)
+    loop_lag_warn_ms: float = 20.0  # a worker whose event-loop lag passes this is client-bound
+    schedule_lag_warn_ms: float = 20.0  # p99 send lag behind schedule that marks a level client-bound
+
+
+# --------------------------------------------------------------------------- slo / analysis
+
+
+@dataclass
+class SLOConfig:
+    """Latency objectives: goodput counts requests that meet every one that is set."""
+
+    ttft_ms: Optional[float] = 2000.0  # time to first token
+    tpot_ms: Optional[float] = 100.0  # time per output token after the first
+    e2e_ms: Optional[float] = None  # end-to-end latency
+    attainment: float = 0.9  # goodput capacity: the highest rate where this fraction meets the SLOs
+    percentile: float = 99.0  # saturation check: this percentile of TTFT/TPOT/E2E must meet the SLO
+
+
+@dataclass
+class AnalysisConfig:
+    """How levels are judged and what capacity planning is asked for."""
+
+    saturation_tolerance: float = 0.9  # a level is keeping up while achieved >= this * offered
+    scaling_efficiency: float = 0.5  # closed loop: a level still scales while its throughput gain is >= this fraction of linear
+    target_rate: Optional[float] = None  # capacity planning: traffic to serve, req/s
+    price_per_replica_hour: Optional[float] = None  # cost per replica-hour, for $ per 1M output tokens
+    plots: bool = True  # write PNG plots and the HTML report
+
+
+@dataclass
+class LoadgenConfig:
+    """The whole run: what to hit, with what, how hard, from where, judged by what."""
+
+    target: TargetConfig = field(default_factory=TargetConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    load: LoadConfig = field(default_factory=LoadConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    slo: SLOConfig = field(default_factory=SLOConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    run_id: Optional[str] = None  # default: derived from the start time
+    progress: bool = True  # live progress line per level
+    max_run_s: float = 3600.0  # hard bound on the whole run's wall time
+
+
+# --------------------------------------------------------------------------- validation
+
+_CHOICES = {
+    "target.kind": ("sim", "openai"),
+    "target.api": ("completions", "chat"),
+    "target.engine": ("vllm", "sglang", "tgi", "llamacpp", "trtllm", "sim", "generic"),
+    "workload.kind": ("synthetic", "azure", "burstgpt", "mooncake", "sharegpt", "generic"),
+    "workload.on_error": ("raise", "skip"),
+    "workload.zero_output": ("drop", "keep"),
+    "workload.timestamp_unit": ("s", "ms", "us", "ns"),
+    "load.kind": ("concurrency", "rate", "trace", "sweep", "search"),
+    "load.arrival": ("constant", "poisson", "gamma"),
+    "cluster.kind": ("local", "ray"),
+}
+
+
+def _require(cond: bool, key: str, expected: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"config key '{key}' is {value!r}; expected {expected}.")
+
+
+def validate(cfg: LoadgenConfig) -> LoadgenConfig:
+    """Check values that types cannot express; raise ConfigError naming the key."""
+    for key, choices in _CHOICES.items():
+        group, name = key.split(".")
+        value = getattr(getattr(cfg, group), name)
+        _require(value in choices, key, "one of " + ", ".join(choices), value)
+
+    t, w, ld, c = cfg.target, cfg.workload, cfg.load, cfg.cluster
+    if t.kind == "openai":
+        _require(
+            bool(t.url) and str(t.url).startswith(("http://", "https://")),
+            "target.url",
+            "an http(s) URL such as http://127.0.0.1:8000/v1 when target.kind=openai",
+            t.url,
+        )
+    for key in ("timeout_s", "stall_timeout_s", "connect_timeout_s", "scrape_interval_s"):
+        v = getattr(t, key)
+        _require(v > 0, f"target.{key}", "a positive number of seconds", v)
+    if t.api_key_env is not None:
+        _require(
+            t.api_key_env in os.environ,
+            "target.api_key_env",
+            "the name of a set environment variable",
+            t.api_key_env,
+        )
+
+    if w.kind != "synthetic":
+        _require(bool(w.path), "workload.path", f"a trace file for workload={w.kind}", w.path)
+    _require(w.time_scale > 0, "workload.time_scale", "a positive factor", w.time_scale)
+    _require(w.num_requests > 0, "workload.num_requests", "a positive count", w.num_requests)
+    if w.target_rate is not None:
+        _require(w.target_rate > 0, "workload.target_rate", "a positive rate in req/s", w.target_rate)
+
+    _require(len(ld.levels) > 0, "load.levels", "a non-empty list of load levels", list(ld.levels))
+    for i, v in enumerate(ld.levels):
+        _require(
+            isinstance(v, (int, float)) and math.isfinite(v) and v > 0,
+            f"load.levels[{i}]",
+            "a positive number (req/s for open loop, streams for closed loop)",
+            v,
+        )
+    _require(ld.duration_s > 0, "load.duration_s", "a positive number of seconds (every level is bounded)", ld.duration_s)
+    _require(ld.max_requests > 0, "load.max_requests", "a positive request cap per level", ld.max_requests)
+    _require(0 <= ld.warmup_s < ld.duration_s, "load.warmup_s", "0 <= warmup_s < load.duration_s", ld.warmup_s)
+    _require(ld.drain_s >= 0, "load.drain_s", "a non-negative number of seconds", ld.drain_s)
+    _require(ld.burstiness > 0, "load.burstiness", "a positive number (1 = Poisson)", ld.burstiness)
+    if ld.max_concurrency is not None:
+        _require(ld.max_concurrency > 0, "load.max_concurrency", "a positive count", ld.max_concurrency)
+    _require(ld.search_factor > 1, "load.search_factor", "a factor greater than 1", ld.search_factor)
+    _require(0 < ld.search_tolerance < 1, "load.search_tolerance", "a fraction between 0 and 1", ld.search_tolerance)
+
+    if c.kind == "ray":
+        _require(bool(c.address), "cluster.address", "'auto', 'HOST:PORT' or 'ray://HOST:PORT' when cluster.kind=ray", c.address)
+    if c.workers is not None:
+        _require(c.workers > 0, "cluster.workers", "a positive number of worker actors", c.workers)
+    _require(c.worker_cpus > 0, "cluster.worker_cpus", "a positive (possibly fractional) CPU count", c.worker_cpus)
+    _require(c.flush_interval_s > 0, "cluster.flush_interval_s", "a positive number of seconds", c.flush_interval_s)
+    _require(c.max_in_flight_per_worker > 0, "cluster.max_in_flight_per_worker", "a positive count", c.max_in_flight_per_worker)
+
+    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        v = getattr(cfg.slo, key)
+        _require(v is None or v > 0, f"slo.{key}", "a positive number of milliseconds or null", v)
+    _require(0 < cfg.slo.attainment <= 1, "slo.attainment", "a fraction in (0, 1]", cfg.slo.attainment)
+    _require(0 < cfg.analysis.saturation_tolerance <= 1, "analysis.saturation_tolerance", "a fraction in (0, 1]", cfg.analysis.saturation_tolerance)
+    _require(0 < cfg.analysis.scaling_efficiency <= 1, "analysis.scaling_efficiency", "a fraction in (0, 1]", cfg.analysis.scaling_efficiency)
+    _require(cfg.max_run_s > 0, "max_run_s", "a positive number of seconds", cfg.max_run_s)
+    return cfg
+
+
+# --------------------------------------------------------------------------- secrets
+
+SECRET_KEYS = frozenset({"api_key"})
+REDACTED = "***"
+
+
+def redact(obj: Any) -> Any:
+    """Return a plain (JSON-ready) copy of a config with every secret replaced by '***'."""
+    if is_dataclass(obj):
+        obj = {f.name: getattr(obj, f.name) for f in fields(obj)}
+    if isinstance(obj, dict):
+        return {
+            k: (REDACTED if k in SECRET_KEYS and v is not None else redact(v)) for k, v in obj.items()
+        }
+    if isinstance(obj, (list, tuple)):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def api_key(target: TargetConfig) -> Optional[str]:
+    """The bearer token to send, from the config or the named environment variable."""
+    if target.api_key:
+        return target.api_key
+    if target.api_key_env:
+        return os.environ.get(target.api_key_env)
+    return None
+
+
+def to_config(container: Any) -> LoadgenConfig:
+    """Turn an OmegaConf node (or dict) into a validated LoadgenConfig."""
+    from omegaconf import OmegaConf
+
+    if isinstance(container, LoadgenConfig):
+        return validate(container)
+    node = OmegaConf.merge(OmegaConf.structured(LoadgenConfig), container)
+    cfg = OmegaConf.to_object(node)
+    assert isinstance(cfg, LoadgenConfig)
+    return validate(cfg)

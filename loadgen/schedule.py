@@ -1,0 +1,300 @@
+"""Arrival processes and sharding: from the request table to one plan per worker and level.
+
+Input: a ``Workload`` (the request table) and one load level. Output: a
+``LevelPlan`` whose per-worker shards are Arrow tables of requests with their
+absolute send offsets (``scheduled_s``, seconds after the level's common start;
+null for closed-loop rows and for later turns of a session, which follow their
+previous turn). Schedules are precomputed and absolute (target_i = t0 +
+offset_i), never accumulated sleeps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from loadgen.config import LoadConfig
+from loadgen.workload.table import Workload
+
+ARRIVALS = ("constant", "poisson", "gamma")
+
+
+def arrival_offsets(
+    kind: str,
+    rate: float,
+    duration_s: float,
+    max_count: int,
+    *,
+    burstiness: float = 1.0,
+    ramp_up_s: float = 0.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """Send offsets (s) of an open-loop arrival process at ``rate`` req/s within ``duration_s``.
+
+    ``constant``: offsets k / rate. ``poisson``: exponential gaps. ``gamma``: gamma
+    gaps with squared coefficient of variation ``burstiness`` (1 = Poisson, larger
+    is burstier). With ``ramp_up_s`` the rate rises linearly from 0 to ``rate``;
+    offsets are drawn at unit rate and mapped through the inverse cumulative
+    intensity, so the ramp changes spacing, never order or count logic.
+    """
+    if kind not in ARRIVALS:
+        raise ValueError(f"arrival process {kind!r}: expected one of {', '.join(ARRIVALS)}")
+    if rate <= 0 or duration_s <= 0 or max_count <= 0:
+        return np.empty(0, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    # Expected count under the (ramped) intensity, with headroom for random draws.
+    total = rate * max(duration_s - ramp_up_s / 2.0, 0.0)
+    n = int(min(max_count, math.ceil(total + 8.0 * math.sqrt(total + 1.0) * max(1.0, burstiness) + 16)))
+    if kind == "constant":
+        unit = np.arange(n, dtype=np.float64)
+    elif kind == "poisson":
+        unit = np.concatenate(([0.0], np.cumsum(rng.exponential(1.0, size=n))[:-1]))
+    else:
+        shape = 1.0 / burstiness
+        gaps = rng.gamma(shape, 1.0 / shape, size=n)
+        unit = np.concatenate(([0.0], np.cumsum(gaps)[:-1]))
+    offsets = _invert_ramp(unit, rate, ramp_up_s)
+    offsets = offsets[offsets < duration_s]
+    return offsets[:max_count]
+
+
+def _invert_ramp(unit: np.ndarray, rate: float, ramp_up_s: float) -> np.ndarray:
+    """Map arrival counts (unit-rate time) to wall offsets under a linear ramp to ``rate``."""
+    if ramp_up_s <= 0:
+        return unit / rate
+    # Cumulative intensity: L(t) = rate t^2 / (2R) for t < R, else rate (t - R/2).
+    knee = rate * ramp_up_s / 2.0
+    return np.where(
+        unit < knee,
+        np.sqrt(2.0 * ramp_up_s * unit / rate),
+        unit / rate + ramp_up_s / 2.0,
+    )
+
+
+@dataclass
+class LevelSpec:
+    """One load level as the driver runs it."""
+
+    index: int  # level number, 0-based, in the order run
+    mode: str  # rate (open loop) | concurrency (closed loop) | trace (trace timestamps)
+    value: float  # req/s, streams, or the trace's time-scale factor
+
+
+@dataclass
+class LevelPlan:
+    """What each worker sends in one level."""
+
+    spec: LevelSpec
+    shards: list[pa.Table]  # one per worker: request rows plus `scheduled_s`
+    concurrency: list[int] = field(default_factory=list)  # closed loop: streams per worker
+    planned: int = 0  # requests planned (closed loop: the pool size, an upper bound)
+    offered_rps: Optional[float] = None  # planned arrivals / sending time (open loop)
+    duration_s: float = 0.0  # sending phase length
+
+    def summary(self) -> dict:
+        """JSON-ready description of the level for run.json."""
+        return {
+            "level": self.spec.index,
+            "mode": self.spec.mode,
+            "value": self.spec.value,
+            "offered_rps": self.offered_rps,
+            "planned": self.planned,
+        }
+
+
+class RequestCursor:
+    """Hands out request rows in order across levels, cycling when the table runs out."""
+
+    def __init__(self, workload: Workload) -> None:
+        self.table = workload.table
+        self.pos = 0
+        self.cycles = 0
+
+    def take(self, n: int) -> pa.Table:
+        """The next ``n`` rows (request ids get a ``.k`` suffix on the k-th reuse)."""
+        rows = self.table.num_rows
+        if rows == 0 or n <= 0:
+            return self.table.slice(0, 0)
+        idx = (self.pos + np.arange(n)) % rows
+        cycle = (self.pos + np.arange(n)) // rows
+        self.pos += n
+        out = self.table.take(pa.array(idx))
+        if cycle.max() > 0:
+            suffix = np.where(cycle > 0, np.char.add(".", cycle.astype(str)), "")
+            ids = np.char.add(np.asarray(out.column("request_id").to_pylist(), dtype=str), suffix)
+            out = out.set_column(0, "request_id", pa.array(ids.tolist(), pa.string()))
+        return out
+
+
+def _sessions(table: pa.Table) -> Optional[np.ndarray]:
+    """Session index of every row (None when the table has no multi-turn sessions)."""
+    if table.num_rows == 0 or table.column("session_id").null_count == table.num_rows:
+        return None
+    turns = table.column("turn").to_numpy(zero_copy_only=False)
+    if np.nan_to_num(turns.astype(float)).max() <= 0:
+        return None
+    sid = table.column("session_id").fill_null("").to_numpy(zero_copy_only=False)
+    _, index = np.unique(sid, return_inverse=True)
+    return index
+
+
+def _first_turns(table: pa.Table, sessions: Optional[np.ndarray]) -> np.ndarray:
+    """Indices of rows that start something: every row, or turn 0 of each session."""
+    if sessions is None:
+        return np.arange(table.num_rows)
+    turns = table.column("turn").fill_null(0).to_numpy()
+    return np.flatnonzero(turns == 0)
+
+
+def shard(table: pa.Table, workers: int) -> list[pa.Table]:
+    """Split a plan into ``workers`` tables: round-robin, whole sessions on one worker.
+
+    Row order inside each shard follows the input order, so schedules stay sorted.
+    """
+    sessions = _sessions(table)
+    if sessions is None:
+        owner = np.arange(table.num_rows) % workers
+    else:
+        # Sessions are dealt round-robin in order of their first row.
+        _, first_row = np.unique(sessions, return_index=True)
+        rank = np.empty(len(first_row), dtype=np.int64)
+        rank[np.argsort(first_row, kind="stable")] = np.arange(len(first_row))
+        owner = rank[sessions] % workers
+    return [table.filter(pa.array(owner == w)) for w in range(workers)]
+
+
+def plan_open_loop(
+    cursor: RequestCursor,
+    spec: LevelSpec,
+    load: LoadConfig,
+    workers: int,
+    *,
+    offsets: Optional[np.ndarray] = None,
+) -> LevelPlan:
+    """Plan an open-loop level: arrivals at ``spec.value`` req/s (or given trace ``offsets``)."""
+    if offsets is None:
+        offsets = arrival_offsets(
+            load.arrival,
+            spec.value,
+            load.duration_s,
+            load.max_requests,
+            burstiness=load.burstiness,
+            ramp_up_s=load.ramp_up_s,
+            seed=load.seed + 7919 * spec.index,
+        )
+    sessions = _sessions(cursor.table)
+    if sessions is None:
+        rows = cursor.take(len(offsets))
+        scheduled = pa.array(offsets, pa.float64())
+    else:
+        rows, scheduled = _take_sessions(cursor, offsets)
+    table = rows.append_column("scheduled_s", scheduled)
+    duration = load.duration_s
+    return LevelPlan(
+        spec=spec,
+        shards=shard(table, workers),
+        planned=table.num_rows,
+        offered_rps=(len(offsets) / duration) if duration > 0 else None,
+        duration_s=duration,
+    )
+
+
+def _take_sessions(cursor: RequestCursor, offsets: np.ndarray) -> tuple[pa.Table, pa.Array]:
+    """Rows of as many whole sessions as there are arrivals; turn 0 gets the arrival."""
+    table = cursor.table
+    sessions = _sessions(table)
+    assert sessions is not None
+    starts = _first_turns(table, sessions)
+    n_sessions = len(starts)
+    chosen = (cursor.pos + np.arange(len(offsets))) % max(n_sessions, 1)
+    cursor.pos += len(offsets)
+    sess_of_chosen = sessions[starts[chosen]]
+    order = np.argsort(sessions, kind="stable")
+    bounds = np.searchsorted(sessions[order], np.arange(sessions.max() + 2))
+    idx: list[np.ndarray] = []
+    sched: list[np.ndarray] = []
+    for off, s in zip(offsets, sess_of_chosen):
+        members = order[bounds[s] : bounds[s + 1]]
+        turns = table.column("turn").take(pa.array(members)).fill_null(0).to_numpy()
+        members = members[np.argsort(turns, kind="stable")]
+        idx.append(members)
+        sched.append(np.concatenate(([off], np.full(len(members) - 1, np.nan))))
+    if not idx:
+        return table.slice(0, 0), pa.array([], pa.float64())
+    all_idx = np.concatenate(idx)
+    rows = table.take(pa.array(all_idx))
+    # Sessions replayed more than once in a run need distinct ids.
+    repeat = (cursor.pos - len(offsets) + np.arange(len(offsets))) // max(n_sessions, 1)
+    if repeat.max() > 0:
+        rep_rows = np.concatenate([np.full(len(i), r) for i, r in zip(idx, repeat)])
+        suffix = np.where(rep_rows > 0, np.char.add(".", rep_rows.astype(str)), "")
+        for col in ("request_id", "session_id"):
+            vals = np.asarray(rows.column(col).to_pylist(), dtype=str)
+            rows = rows.set_column(
+                rows.schema.get_field_index(col), col, pa.array(np.char.add(vals, suffix).tolist(), pa.string())
+            )
+    scheduled = np.concatenate(sched)
+    return rows, pa.array(scheduled, pa.float64(), mask=np.isnan(scheduled))
+
+
+def plan_trace(cursor: RequestCursor, spec: LevelSpec, load: LoadConfig, workers: int) -> LevelPlan:
+    """Plan a trace-replay level: the trace's own arrival times, scaled by ``1 / spec.value``."""
+    table = cursor.table
+    arrival = table.column("arrival_s")
+    if arrival.null_count == table.num_rows:
+        raise ValueError("load=trace needs a workload with arrival times (azure, burstgpt, mooncake, generic)")
+    has = pc.invert(pc.is_null(arrival))
+    rows = table.filter(has)
+    offsets = rows.column("arrival_s").to_numpy() / spec.value
+    keep = offsets < load.duration_s
+    keep &= np.arange(len(offsets)) < load.max_requests
+    rows = rows.filter(pa.array(keep))
+    offsets = offsets[keep]
+    planned = rows.append_column("scheduled_s", pa.array(offsets, pa.float64()))
+    span = load.duration_s
+    return LevelPlan(
+        spec=spec,
+        shards=shard(planned, workers),
+        planned=planned.num_rows,
+        offered_rps=len(offsets) / span if span > 0 else None,
+        duration_s=load.duration_s,
+    )
+
+
+def plan_closed_loop(cursor: RequestCursor, spec: LevelSpec, load: LoadConfig, workers: int) -> LevelPlan:
+    """Plan a closed-loop level: ``spec.value`` streams split over workers, a pool of rows each."""
+    streams = int(spec.value)
+    per_worker = [streams // workers + (1 if w < streams % workers else 0) for w in range(workers)]
+    rows = cursor.take(load.max_requests)
+    rows = rows.append_column("scheduled_s", pa.nulls(rows.num_rows, pa.float64()))
+    shards = shard(rows, workers)
+    # A worker with no streams sends nothing; its rows go unplanned rather than unsent.
+    shards = [s if c > 0 else s.slice(0, 0) for s, c in zip(shards, per_worker)]
+    return LevelPlan(
+        spec=spec,
+        shards=shards,
+        concurrency=per_worker,
+        planned=sum(s.num_rows for s in shards),
+        offered_rps=None,
+        duration_s=load.duration_s,
+    )
+
+
+def level_specs(load: LoadConfig) -> list[LevelSpec]:
+    """The fixed levels of a run (``load=search`` picks its levels as it measures)."""
+    mode = {"concurrency": "concurrency", "rate": "rate", "sweep": "rate", "trace": "trace", "search": "rate"}[load.kind]
+    return [LevelSpec(index=i, mode=mode, value=float(v)) for i, v in enumerate(load.levels)]
+
+
+def plan_level(cursor: RequestCursor, spec: LevelSpec, load: LoadConfig, workers: int) -> LevelPlan:
+    """Plan one level of any mode."""
+    if spec.mode == "concurrency":
+        return plan_closed_loop(cursor, spec, load, workers)
+    if spec.mode == "trace":
+        return plan_trace(cursor, spec, load, workers)
+    return plan_open_loop(cursor, spec, load, workers)
