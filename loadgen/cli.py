@@ -55,17 +55,17 @@ def _report(run_dir: str, console: Console, plots: bool) -> Optional[dict[str, A
 def app(node: DictConfig) -> Any:
     """Run one load test (Hydra entry point)."""
     from loadgen.runner import run
-    from loadgen.sim.process import SimError
+    from loadgen.sim.process import SimStartError
     from loadgen.target import TargetError
     from loadgen.workload import WorkloadError
 
     run_dir = HydraConfig.get().runtime.output_dir
     redact_hydra_dir(run_dir)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     try:
         cfg = to_config(OmegaConf.to_container(node, resolve=True))
         meta = run(cfg, run_dir, console=console)
-    except (ConfigError, TargetError, WorkloadError, SimError) as exc:
+    except (ConfigError, TargetError, WorkloadError, SimStartError) as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(2)
     console.print(f"run directory: {run_dir}  ({meta['status']})")

@@ -9,6 +9,7 @@ applied, so every record lands on one run-wide clock.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -37,12 +38,20 @@ class DriverClock:
 
 def connect(cfg: ClusterConfig) -> bool:
     """Start a private local Ray or join ``cfg.address``; True when this call started Ray."""
+    if cfg.kind == "local":
+        if "ray" in sys.modules and not sys.modules["ray"].is_initialized():
+            # Ray reads this when it is imported; too late now means it may bind to every interface.
+            if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+                raise ClusterError(
+                    "ray was imported before loadgen could keep the local Ray on 127.0.0.1; set "
+                    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in the environment or import loadgen.cluster first"
+                )
+        for key, value in LOOPBACK_ENV.items():
+            os.environ.setdefault(key, value)
     import ray
 
     if ray.is_initialized():
         return False
-    for key, value in LOOPBACK_ENV.items():
-        os.environ.setdefault(key, value)
     if cfg.kind == "local":
         ray.init(
             num_cpus=cfg.num_cpus or os.cpu_count() or 1,
@@ -151,9 +160,12 @@ def start_workers(
             f"could not place {n} workers ({bundle} each, strategy {strategy}) within 60 s; the cluster has "
             f"{ray.available_resources()} available"
         )
-    actor_cls = ray.remote(Worker).options(num_cpus=cfg.worker_cpus, max_concurrency=8, max_restarts=0)
+    actor_cls = ray.remote(Worker)
     actors = [
         actor_cls.options(
+            num_cpus=cfg.worker_cpus,
+            max_concurrency=8,
+            max_restarts=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
         ).remote(i, run_id, target, cfg, run_uri, (clock_skew_ns or {}).get(i, 0))
         for i in range(n)

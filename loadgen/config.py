@@ -121,7 +121,7 @@ class WorkloadConfig:
     sample: Optional[int] = None  # keep a seeded random sample of this many requests
     seed: int = 0  # seed for synthesis and sampling
     on_error: str = "raise"  # raise | skip: what a malformed trace row does
-    zero_output: str = "drop"  # burstgpt: rows with 0 response tokens (failed requests): drop | keep (sent with 1 output token)
+    zero_output: str = "drop"  # trace rows with 0 output tokens (BurstGPT failures): drop | keep (sent with 1 output token)
     tokenizer: Optional[str] = None  # path to a tokenizer.json for exact prompt token counts
     think_time_s: float = 0.0  # sessions: pause between a turn's answer and the next turn
     max_turns: Optional[int] = None  # sessions: keep at most this many turns per conversation

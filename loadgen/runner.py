@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import numpy as np
 from rich.console import Console
 
 import loadgen
@@ -57,16 +58,14 @@ class RunState:
 
 
 def _versions() -> dict[str, str]:
-    import aiohttp
-    import pyarrow
-    import ray
+    # importlib.metadata, not `import ray`: Ray must not be imported before cluster.connect
+    # has set up its environment (a local Ray stays on loopback only if told before import).
+    from importlib.metadata import version
 
     return {
         "loadgen": loadgen.__version__,
         "python": platform.python_version(),
-        "ray": ray.__version__,
-        "aiohttp": aiohttp.__version__,
-        "pyarrow": pyarrow.__version__,
+        **{name: version(name) for name in ("ray", "aiohttp", "pyarrow", "numpy", "hydra-core")},
     }
 
 
@@ -184,7 +183,9 @@ def _run_levels(
     if cfg.load.kind == "search":
         from loadgen.search import run_search
 
-        run_search(cfg, lambda spec: _run_one(cfg, cursor, spec, pool, clock, state, console, stop, len(specs)), stop, deadline)
+        run_search(
+            cfg, lambda spec: _run_one(cfg, cursor, spec, pool, clock, state, console, stop, 0), state.run_dir, stop, deadline
+        )
         return
     for spec in specs:
         if stop.is_set():
@@ -229,10 +230,12 @@ def _run_one(
         futures.append(actor.run_level.remote(run, shard_refs[w]))
 
     unit = {"rate": "req/s", "concurrency": "streams", "trace": "x trace speed"}[spec.mode]
-    title = f"level {spec.index + 1}/{n_levels if load.kind != 'search' else '?'}  {spec.value:g} {unit}"
+    title = f"level {spec.index + 1}/{n_levels or '?'}  {spec.value:g} {unit}"
     results: dict[int, dict[str, Any]] = {}
     lost: dict[int, str] = {}
-    stopped = False
+    stopped: Optional[str] = None
+    queue_t: list[int] = []
+    queue_n: list[int] = []
     with LevelProgress(console, title, plan.duration_s, enabled=cfg.progress) as progress:
         pending = {f: w for w, f in enumerate(futures)}
         while pending:
@@ -244,7 +247,7 @@ def _run_one(
                 except Exception as exc:  # noqa: BLE001 - a dead worker is data, not a crash
                     lost[w] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             if stop.is_set() and not stopped:
-                stopped = True
+                stopped = "interrupted"
                 for w in pending.values():
                     pool.actors[w].stop.remote(STOP_GRACE_S)
                 console.print(f"[yellow]stopping: in-flight requests get {STOP_GRACE_S:g} s, then are cancelled[/]")
@@ -253,9 +256,17 @@ def _run_one(
                 elapsed = (clock.now() - t0) / 1e9
                 progress.update(max(0.0, elapsed), counters)
                 progress.warn_client_bound(counters, cfg.cluster.loop_lag_warn_ms)
+                if load.kind == "search" and load.warmup_s < elapsed <= plan.duration_s and not stopped:
+                    queue_t.append(clock.now())
+                    queue_n.append(sum(c["in_flight"] for c in counters))
+                    if _over_saturated(queue_t, queue_n):
+                        stopped = "queue growing"
+                        for w in pending.values():
+                            pool.actors[w].stop.remote(0.5)
+                        console.print("[yellow]in-flight requests keep growing: the level is over-saturated, stopping it early[/]")
 
-    entry = _level_entry(cfg, plan, t0, clock.now(), results, lost, pool)
-    entry["stopped_early"] = "interrupted" if stopped else None
+    entry = _level_entry(state.run_dir, cfg, plan, t0, clock.now(), results, lost, pool)
+    entry["stopped_early"] = stopped
     state.meta["levels"].append(entry)
     for w, why in lost.items():
         state.meta["workers"][w]["alive"] = False
@@ -263,6 +274,13 @@ def _run_one(
     state.save()
     _print_level(console, entry)
     return entry
+
+
+def _over_saturated(t_ns: list[int], in_flight: list[int]) -> bool:
+    """Whether the in-flight count has been climbing steadily (arrivals outpace the server)."""
+    from loadgen.analysis import queue_growing
+
+    return len(t_ns) >= 8 and queue_growing(np.asarray(t_ns), np.asarray(in_flight), rel_rise=1.0, min_rise=16)
 
 
 def _share(total: Optional[int], w: int, n: int) -> Optional[int]:
@@ -286,6 +304,7 @@ def _poll(pool, workers) -> list[dict[str, Any]]:
 
 
 def _level_entry(
+    run_dir: str,
     cfg: LoadgenConfig,
     plan: LevelPlan,
     t0: int,
@@ -303,8 +322,15 @@ def _level_entry(
         statuses.update(r["statuses"])
         not_sent.update(r["not_sent"])
         planned += r["planned"]
-    lost_planned = sum(plan.shards[w].num_rows for w in lost) if spec.mode != "concurrency" else 0
-    planned += lost_planned
+    # A dead worker's flushed records are in the dataset; what it never flushed is lost.
+    lost_planned = 0
+    for w in lost:
+        flushed = _flushed_statuses(run_dir, spec.index, w)
+        statuses.update(flushed)
+        n_flushed = sum(flushed.values())
+        shard_rows = plan.shards[w].num_rows if spec.mode != "concurrency" else n_flushed
+        planned += shard_rows
+        lost_planned += max(0, shard_rows - n_flushed)
     sent = sum(statuses.values())
     ledger = {
         "planned": planned,
@@ -350,6 +376,20 @@ def _level_entry(
         "client_bound": bool(bound),
         "client_bound_workers": bound,
     }
+
+
+def _flushed_statuses(run_dir: str, level: int, worker: int) -> Counter[str]:
+    """Status counts of the records a worker wrote for a level before it died."""
+    import pyarrow.dataset as ds
+
+    from loadgen.records import part_dir
+
+    path = part_dir(os.path.join(run_dir, "records"), level, worker)
+    files = [os.path.join(path, f) for f in os.listdir(path) if f.endswith(".parquet")] if os.path.isdir(path) else []
+    if not files:
+        return Counter()
+    table = ds.dataset(files, format="parquet").to_table(columns=["status"])
+    return Counter(table.column("status").to_pylist())
 
 
 def _print_level(console: Console, entry: dict[str, Any]) -> None:

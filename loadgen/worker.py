@@ -573,7 +573,7 @@ class Worker:
         return {
             "worker_id": self.core.worker_id,
             "node_id": self.node_id,
-            "ip": ray.util.get_node_ip_address(),
+            "ip": ray._private.worker.global_worker.node_ip_address,
             "pid": os.getpid(),
         }
 

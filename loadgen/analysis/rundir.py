@@ -6,10 +6,11 @@ dicts and pyarrow Tables; secrets scrubbed from anything meant to be shown.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,6 +20,7 @@ import pyarrow.fs as pafs
 from loadgen.config import REDACTED, redact
 from loadgen.records import RECORD_SCHEMA, resolve_fs
 
+T = TypeVar("T")
 _LEVEL_DIR = re.compile(r"/level=(-?\d+)/")
 #: Keys whose values are never shown, whatever the run.json writer did.
 _SECRET_KEY = re.compile(r"api[_-]?key|authorization|secret|password|token$|bearer", re.IGNORECASE)
@@ -103,3 +105,9 @@ def read_server_metrics(run_dir: str) -> Optional[pa.Table]:
     """The target's sampled Prometheus metrics (t_ns, level, name, labels, value) or None."""
     path = os.path.join(run_dir, "server_metrics.parquet")
     return _read_tables([path]) if os.path.exists(path) else None
+
+
+def config_section(cls: type[T], config: dict[str, Any], name: str) -> T:
+    """A config dataclass built from one section of run.json's config (unknown keys ignored, missing ones default)."""
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in (config.get(name) or {}).items() if k in known})

@@ -47,8 +47,8 @@ class Knee:
     """The knee of the load curve found by Kneedle, or why there is none."""
 
     rule: str
-    x_label: str
-    y_label: str
+    x_label: str  # e.g. "offered load (req/s)"
+    y_label: str  # e.g. "p50 E2E latency (ms)"
     level: Optional[int] = None
     x: Optional[float] = None
     y: Optional[float] = None
@@ -151,8 +151,8 @@ def knee_point(levels: Sequence[LevelSummary]) -> Knee:
         scan = sorted(open_levels, key=lambda lv: lv.load)
         knee = Knee(
             rule="Kneedle on p50 E2E latency vs offered load (convex curve)",
-            x_label="offered req/s",
-            y_label="p50 E2E ms",
+            x_label="offered load (req/s)",
+            y_label="p50 E2E latency (ms)",
         )
         xs, ys = [lv.load for lv in scan], [lv.metrics.e2e.p50 for lv in scan]
         concave = False
@@ -160,8 +160,8 @@ def knee_point(levels: Sequence[LevelSummary]) -> Knee:
         scan = sorted(levels, key=lambda lv: lv.value)
         knee = Knee(
             rule="Kneedle on throughput vs concurrency (concave curve)",
-            x_label="concurrency",
-            y_label="achieved req/s",
+            x_label="concurrency (streams)",
+            y_label="achieved throughput (req/s)",
         )
         xs, ys = [lv.value for lv in scan], [lv.metrics.achieved_rps for lv in scan]
         concave = True

@@ -11,7 +11,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, TypeVar
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,6 +22,7 @@ from loadgen.analysis.ledger import Ledger
 from loadgen.analysis.level import LevelSummary, summarize_level
 from loadgen.analysis.metrics import METRIC_COLUMNS, Dist
 from loadgen.analysis.rundir import (
+    config_section,
     iter_level_tables,
     read_run_json,
     read_telemetry,
@@ -31,9 +32,6 @@ from loadgen.analysis.rundir import (
 from loadgen.analysis.saturation import Knee, Saturation, knee_point, saturation_point
 from loadgen.config import AnalysisConfig, ClusterConfig, SLOConfig
 from loadgen.records import RECORD_SCHEMA, STATUSES
-
-T = TypeVar("T")
-
 
 @dataclass
 class RunSummary:
@@ -93,11 +91,6 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def _from_dict(cls: type[T], values: Optional[Mapping[str, Any]]) -> T:
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    return cls(**{k: v for k, v in (values or {}).items() if k in names})
-
-
 def analyze_run(
     run_dir: str,
     slo: Optional[SLOConfig] = None,
@@ -107,9 +100,9 @@ def analyze_run(
     """Analyse a run directory; SLO, analysis and cluster settings default to those in its run.json."""
     meta = read_run_json(run_dir)
     config = meta.get("config") or {}
-    slo = slo or _from_dict(SLOConfig, config.get("slo"))
-    analysis = analysis or _from_dict(AnalysisConfig, config.get("analysis"))
-    cluster = cluster or _from_dict(ClusterConfig, config.get("cluster"))
+    slo = slo or config_section(SLOConfig, config, "slo")
+    analysis = analysis or config_section(AnalysisConfig, config, "analysis")
+    cluster = cluster or config_section(ClusterConfig, config, "cluster")
     telemetry = read_telemetry(run_dir)
     level_meta = {int(m["level"]): m for m in meta.get("levels") or []}
     default_mode = "concurrency" if (config.get("load") or {}).get("kind") == "concurrency" else "rate"
@@ -142,8 +135,6 @@ def analyze_run(
     if levels and not any(lv.metrics.streamed for lv in levels) and (slo.ttft_ms or slo.tpot_ms):
         notes.append("no level streamed tokens: TTFT and TPOT objectives were not applied")
     ledger = sum((lv.ledger for lv in levels), Ledger(source=levels[0].ledger.source if levels else "records", records=0))
-    for lv in levels:
-        notes += [f"level {lv.level} ledger does not close: {p}" for p in lv.ledger.problems()]
     saturation = saturation_point(levels, slo.percentile, analysis)
     gcap = goodput_capacity(levels, slo.attainment)
     return RunSummary(

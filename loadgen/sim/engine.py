@@ -185,9 +185,9 @@ class Engine:
         if seq in self.running:
             self._release(seq)
             self.running.remove(seq)
-        else:
+        elif seq in self.waiting:
             self.waiting.remove(seq)
-            seq.done = True
+        seq.done = True
 
     # ------------------------------------------------------------------ stepping
 
@@ -359,7 +359,7 @@ class EngineLoop:
         self.late_threshold_s = late_threshold_s
         self.warn_interval_s = warn_interval_s
         self.late_steps = 0
-        self.max_lag_s = 0.0
+        self.max_lag_s = 0.0  # worst lag since start
         self._clock = clock
         self._sleep = sleep
         self._work = asyncio.Event()
@@ -408,11 +408,12 @@ class EngineLoop:
         if deadline - self._window_start >= 1.0:
             self._previous_window_lag, self._window_lag = self._window_lag, 0.0
             self._window_start = deadline
+        if lag > self._window_lag:
+            self._window_lag = lag
+            self.max_lag_s = max(self.max_lag_s, lag)
         if lag <= self.late_threshold_s:
             return
         self.late_steps += 1
-        self._window_lag = max(self._window_lag, lag)
-        self.max_lag_s = max(self.max_lag_s, lag)
         if deadline - self._last_warn >= self.warn_interval_s:
             self._last_warn = deadline
             log.warning(

@@ -1,0 +1,128 @@
+"""The ``loadgen-report`` command: re-aggregate one run directory, or compare several.
+
+Input: run directories and optional SLO/analysis overrides. Output: the
+report files (see ``loadgen.report``) and the tables printed to the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import Optional, Sequence, TypeVar
+
+from rich.console import Console
+
+from loadgen.analysis.rundir import config_section, read_run_json
+from loadgen.config import AnalysisConfig, ConfigError, LoadgenConfig, SLOConfig, validate
+from loadgen.report import compare_runs, report_run
+
+T = TypeVar("T")
+
+DESCRIPTION = """\
+Re-aggregate and plot loadgen run directories.
+
+With one DIR: recompute every metric from the run's records, print the
+per-level table and the verdicts (saturation point, knee, goodput capacity,
+capacity plan, client-bound levels, request ledger), and write summary.json,
+summary.parquet, saturation.png, latency_distribution.png, timeline.png and
+report.html (into DIR, or --out).
+
+With several DIRs: analyse each under the first run's SLOs and write one
+comparison (comparison.{json,parquet,png,html}) with each run's ratio to the
+first at every common level and at saturation.
+"""
+
+EPILOG = """\
+examples:
+  loadgen-report outputs/2026-11-22/01-02-03
+  loadgen-report RUN --slo.ttft_ms 500 --slo.tpot_ms 50 --analysis.target_rate 400
+  loadgen-report RUN_VLLM RUN_LLAMACPP --out compare/
+"""
+
+
+def _optional_float(text: str) -> Optional[float]:
+    if text.lower() in ("none", "null", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also documents every option in --help)."""
+    p = argparse.ArgumentParser(
+        prog="loadgen-report",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="DIR", help="run directory (holds run.json and records/)")
+    p.add_argument("--out", metavar="OUT", help="output directory (default: DIR for one run, ./loadgen-comparison for several)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNGs and report.html (one run)")
+    options = (
+        ("slo", "ttft_ms", _optional_float, "MS", "time to first token objective, ms"),
+        ("slo", "tpot_ms", _optional_float, "MS", "time per output token objective, ms"),
+        ("slo", "e2e_ms", _optional_float, "MS", "end-to-end latency objective, ms"),
+        ("slo", "attainment", float, "FRACTION", "goodput capacity: fraction of requests that must meet the SLOs (e.g. 0.9)"),
+        ("slo", "percentile", float, "P", "saturation check: this percentile of each latency must meet its SLO (e.g. 99)"),
+        ("analysis", "saturation_tolerance", float, "FRACTION", "a level keeps up while achieved >= this x offered (e.g. 0.9)"),
+        ("analysis", "scaling_efficiency", float, "FRACTION", "closed loop: a level still scales while its gain is >= this fraction of linear"),
+        ("analysis", "target_rate", _optional_float, "RPS", "capacity planning: traffic to serve, req/s"),
+        ("analysis", "price_per_replica_hour", _optional_float, "USD", "price of one replica-hour, for the cost per 1M output tokens"),
+    )
+    groups = {
+        "slo": p.add_argument_group("SLOs (default: the run's own; 'none' unsets one)"),
+        "analysis": p.add_argument_group("analysis (default: the run's own)"),
+    }
+    for section, name, kind, metavar, help_text in options:
+        # SUPPRESS: an option not given stays out of the namespace, so the run's own value stands.
+        groups[section].add_argument(
+            f"--{section}.{name}", dest=f"{section}_{name}", type=kind, metavar=metavar, help=help_text,
+            default=argparse.SUPPRESS,
+        )
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``loadgen-report``; return the exit status."""
+    args = build_parser().parse_args(argv)
+    console = Console()
+    missing = [d for d in args.run_dirs if not os.path.isdir(d)]
+    if missing:
+        console.print(f"loadgen-report: not a directory: {', '.join(missing)}", style="red", markup=False)
+        return 2
+    empty = [d for d in args.run_dirs if not os.path.exists(os.path.join(d, "run.json")) and not os.path.isdir(os.path.join(d, "records"))]
+    if empty:
+        console.print(f"loadgen-report: no run.json or records/ in {', '.join(empty)} — is this a loadgen run directory?",
+                      style="red", markup=False)
+        return 2
+    config = read_run_json(args.run_dirs[0]).get("config") or {}
+    slo = _apply(SLOConfig, config, args, "slo")
+    analysis = _apply(AnalysisConfig, config, args, "analysis")
+    try:
+        validate(LoadgenConfig(slo=slo, analysis=analysis))
+    except ConfigError as e:
+        console.print(f"loadgen-report: {e}", style="red", markup=False)
+        return 2
+    if len(args.run_dirs) == 1:
+        report_run(args.run_dirs[0], args.out, slo=slo, analysis=analysis, console=console,
+                   plots=False if args.no_plots else None)
+        out = args.out or args.run_dirs[0]
+    else:
+        out = args.out or "loadgen-comparison"
+        compare_runs(args.run_dirs, out, slo=slo, analysis=analysis, console=console)
+    console.print(f"written to {os.path.abspath(out)}", style="dim", markup=False)
+    return 0
+
+
+def _apply(cls: type[T], config: dict, args: argparse.Namespace, section: str) -> T:
+    """The run's config section with the options given on the command line applied over it."""
+    given = {f.name: getattr(args, f"{section}_{f.name}") for f in dataclasses.fields(cls) if hasattr(args, f"{section}_{f.name}")}
+    return dataclasses.replace(config_section(cls, config, section), **given)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""One self-contained ``report.html`` (inline CSS, PNGs as base64 data URIs, no network) per run or comparison.
+
+Input: a ``RunSummary`` (or a ``Comparison`` with its summaries) and the PNG
+paths to embed. Output: the HTML file. Every value is escaped; the config
+shown is scrubbed of anything that looks like a secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from typing import Iterable, Optional, Sequence
+
+from loadgen.analysis import Comparison, LevelSummary, RunSummary
+from loadgen.analysis.rundir import scrub
+from loadgen.records import STATUSES
+from loadgen.report.verdicts import load_words, num, pct, slo_words, verdicts
+
+CSS = """
+body{font:14px/1.45 -apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1320px;color:#222;padding:0 16px}
+h1{font-size:22px;margin-bottom:2px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.sub{color:#666;margin-top:0} table{border-collapse:collapse;font-size:12.5px;margin:8px 0}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap} th{background:#f4f6f8}
+td.l,th.l{text-align:left;white-space:normal} tr.sat td{background:#fdecea} tr.cb td{background:#fff8e1}
+ul.verdicts li{margin:5px 0} .warn{color:#a15c00} .bad{color:#b00020;font-weight:600}
+img{max-width:100%;border:1px solid #eee;margin:6px 0} pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}
+details{margin:8px 0} .muted{color:#777}
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]], row_classes: Optional[Sequence[str]] = None) -> str:
+    # First and last columns hold words (level names, verdicts): left-aligned; numbers between: right.
+    def align(j: int) -> str:
+        return ' class="l"' if j in (0, len(header) - 1) else ""
+
+    head = "".join(f"<th{align(j)}>{_e(h)}</th>" for j, h in enumerate(header))
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
+        cells = "".join(f"<td{align(j)}>{_e(c)}</td>" for j, c in enumerate(row))
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _img(path: str) -> str:
+    with open(path, "rb") as f:
+        data = base64.b64encode(f.read()).decode("ascii")
+    return f'<img alt="{_e(os.path.basename(path))}" src="data:image/png;base64,{data}">'
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>{body}</body></html>"
+    )
+
+
+def _levels(summary: RunSummary) -> list[LevelSummary]:
+    return sorted(summary.levels, key=lambda lv: (not lv.open_loop, lv.load))
+
+
+def level_rows(summary: RunSummary) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, rows and row classes of the main per-level table."""
+    header = ["level", "load", "achieved req/s", "output tok/s", "TTFT p50 ms", "TTFT p90 ms", "TTFT p99 ms",
+              "TPOT p50 ms", "TPOT p99 ms", "ITL p50 ms", "ITL p99 ms", "E2E p50 ms", "E2E p99 ms",
+              "E2E/token p50 ms", "errors", "peak in flight", "goodput req/s", "SLO attainment", "verdict"]
+    rows, classes = [], []
+    for lv in _levels(summary):
+        m = lv.metrics
+        verdict = "; ".join(lv.failures) or "passed"
+        if summary.saturation.level == lv.level:
+            verdict = "saturation point — " + verdict
+        rows.append([str(lv.level), load_words(lv), num(m.achieved_rps), num(m.output_tok_s), num(m.ttft.p50),
+                     num(m.ttft.p90), num(m.ttft.p99), num(m.tpot.p50), num(m.tpot.p99), num(m.itl.p50),
+                     num(m.itl.p99), num(m.e2e.p50), num(m.e2e.p99), num(m.normalized.p50), pct(m.error_rate),
+                     str(m.peak_in_flight), num(m.goodput_rps), pct(m.attainment), verdict])
+        classes.append("sat" if summary.saturated(lv) else "cb" if lv.client_bound else "")
+    return header, rows, classes
+
+
+def _omission_table(summary: RunSummary) -> str:
+    levels = [lv for lv in _levels(summary) if lv.open_loop]
+    if not levels:
+        return ""
+    header = ["level", "load", "TTFT p50 ms (from send)", "TTFT p50 ms (from schedule)", "TTFT p99 ms (from send)",
+              "TTFT p99 ms (from schedule)", "E2E p99 ms (from send)", "E2E p99 ms (from schedule)",
+              "schedule lag p50 ms", "schedule lag p99 ms", "schedule lag max ms"]
+    rows = [[str(lv.level), load_words(lv), num(lv.metrics.ttft.p50), num(lv.metrics.queued_ttft.p50),
+             num(lv.metrics.ttft.p99), num(lv.metrics.queued_ttft.p99), num(lv.metrics.e2e.p99),
+             num(lv.metrics.queued_e2e.p99), num(lv.metrics.schedule_lag.p50), num(lv.metrics.schedule_lag.p99),
+             num(lv.metrics.schedule_lag.max)] for lv in levels]
+    return (
+        "<h2>Coordinated omission: service time vs. time from the scheduled send</h2>"
+        "<p>“From send” is what the server did; “from schedule” is what a user who arrived at the planned time saw, "
+        "including any delay in loadgen (schedule lag) or its concurrency ceiling. They differ when loadgen fell "
+        "behind its schedule.</p>" + _table(header, rows)
+    )
+
+
+def _ledger_table(summary: RunSummary) -> str:
+    classes = [s for s in STATUSES if s not in ("ok", "cancelled")]
+    header = ["level", "planned", "sent", "not sent", "ok", *classes, "cancelled", "lost", "records", "source", "closes"]
+    rows = []
+    for lv in _levels(summary) + [None]:
+        ld = summary.ledger if lv is None else lv.ledger
+        not_sent = ", ".join(f"{k}: {v}" for k, v in ld.not_sent.items() if v) or "0"
+        rows.append([
+            "run" if lv is None else str(lv.level), f"{ld.planned:,}", f"{ld.sent:,}", not_sent, f"{ld.ok:,}",
+            *(f"{ld.errors.get(c, 0):,}" for c in classes), f"{ld.cancelled:,}", f"{ld.lost:,}",
+            "—" if ld.records is None else f"{ld.records:,}", ld.source,
+            "yes" if ld.closes else "NO: " + "; ".join(ld.problems()),
+        ])
+    return "<h2>Request ledger</h2><p>planned = sent + not sent; sent = ok + errors + cancelled + lost.</p>" + _table(header, rows)
+
+
+def _info(summary: RunSummary) -> str:
+    target, workload = summary.info.get("target") or {}, summary.info.get("workload") or {}
+    parts = [f"status {summary.status}"]
+    parts += [f"target {k}={v}" for k, v in target.items() if v not in (None, "")]
+    parts += [f"workload {k}={v}" for k, v in workload.items() if k in ("kind", "source", "requests") and v is not None]
+    for key in ("started_at", "finished_at"):
+        if summary.info.get(key):
+            parts.append(f"{key.replace('_', ' ')} {summary.info[key]}")
+    return " · ".join(parts)
+
+
+def render_html(summary: RunSummary, plots: Sequence[str]) -> str:
+    """The run's report page as a string."""
+    header, rows, classes = level_rows(summary)
+    bound = [f"<li>level {lv.level}: {_e(', '.join(lv.client_bound_reasons))}</li>" for lv in summary.levels if lv.client_bound]
+    body = [
+        f"<h1>loadgen report — {_e(summary.run_id)}</h1>",
+        f'<p class="sub">{_e(_info(summary))}</p>',
+        f"<p>SLOs: {_e(slo_words(summary.slo))}; saturation judged on p{summary.slo.percentile:g}; "
+        f"goodput capacity at ≥ {summary.slo.attainment:.0%} attainment. Metrics are computed over each level's "
+        "steady-state window (warm-up and drain excluded); see docs/metrics.md for every formula.</p>",
+        "<h2>Verdicts</h2><ul class=\"verdicts\">" + "".join(f"<li>{_e(v)}</li>" for v in verdicts(summary)) + "</ul>",
+    ]
+    if summary.notes:
+        body.append("<ul>" + "".join(f'<li class="warn">{_e(n)}</li>' for n in summary.notes) + "</ul>")
+    body.append("<h2>Per level</h2>" + _table(header, rows, classes))
+    body.append('<p class="muted">Red rows: at or past the first level that failed the saturation rule. '
+                "Yellow rows: client-bound (loadgen itself may have limited the level).</p>")
+    body += [_img(p) for p in plots]
+    body.append(_omission_table(summary))
+    body.append(_ledger_table(summary))
+    if bound:
+        body.append("<h2 class=\"warn\">Client-bound levels</h2><ul>" + "".join(bound) + "</ul>")
+    errors = [(lv.level, k, v) for lv in _levels(summary) for k, v in lv.metrics.errors.items()]
+    if errors:
+        body.append("<h2>Errors in the steady windows</h2>" + _table(["level", "class", "requests"], [[str(a), b, str(c)] for a, b, c in errors]))
+    body.append("<h2>Configuration</h2><details><summary>run configuration (secrets redacted)</summary><pre>"
+                + _e(json.dumps(scrub(summary.config), indent=2, sort_keys=True)) + "</pre></details>")
+    versions = summary.info.get("versions") or {}
+    if versions:
+        body.append(f'<p class="muted">{_e(" · ".join(f"{k} {v}" for k, v in versions.items()))}</p>')
+    return _page(f"loadgen — {summary.run_id}", "\n".join(body))
+
+
+def render_comparison_html(comparison: Comparison, summaries: Sequence[RunSummary], plots: Sequence[str]) -> str:
+    """The comparison page as a string: runs, verdicts per run, the ratio table, the plots."""
+    base = comparison.runs[0]
+    header = [f"load ({comparison.load_axis})", "metric", *comparison.runs, *(f"{r} / {base}" for r in comparison.runs[1:])]
+    rows = []
+    for row in comparison.rows:
+        load = "verdicts" if row.group == "verdict" else num(row.load)
+        values = [pct(v) if row.metric == "error rate" else num(v) for v in row.values]
+        rows.append([load, row.metric, *values, *("—" if r is None else f"{r:.2f}×" for r in row.ratios[1:])])
+    body = [f"<h1>loadgen comparison — {_e(' vs '.join(comparison.runs))}</h1>",
+            f'<p class="sub">ratios are each run / {_e(base)}; levels are matched by mode and configured value.</p>']
+    for label, s in zip(comparison.runs, summaries):
+        body.append(f"<h2>{_e(label)}</h2><p class=\"sub\">{_e(_info(s))}</p><ul class=\"verdicts\">"
+                    + "".join(f"<li>{_e(v)}</li>" for v in verdicts(s)) + "</ul>")
+    body.append("<h2>Side by side</h2>" + _table(header, rows))
+    if comparison.notes:
+        body.append("<ul>" + "".join(f'<li class="warn">{_e(n)}</li>' for n in comparison.notes) + "</ul>")
+    body += [_img(p) for p in plots]
+    return _page("loadgen comparison", "\n".join(body))
+
+
+#: The PNGs ``write_plots`` makes, embedded in this order when no list is given.
+RUN_PLOTS = ("saturation.png", "latency_distribution.png", "timeline.png")
+
+
+def write_html(summary: RunSummary, out_dir: str, plots: Optional[Sequence[str]] = None) -> str:
+    """Write ``report.html`` for one run into ``out_dir``; return its path.
+
+    ``plots`` defaults to the standard PNGs already present in ``out_dir``.
+    """
+    if plots is None:
+        plots = [p for p in (os.path.join(out_dir, n) for n in RUN_PLOTS) if os.path.exists(p)]
+    return _write(os.path.join(out_dir, "report.html"), render_html(summary, plots))
+
+
+def write_comparison_html(comparison: Comparison, summaries: Sequence[RunSummary], out_dir: str, plots: Sequence[str] = ()) -> str:
+    """Write ``comparison.html`` into ``out_dir``; return its path."""
+    return _write(os.path.join(out_dir, "comparison.html"), render_comparison_html(comparison, summaries, plots))
+
+
+def _write(path: str, text: str) -> str:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+    return path

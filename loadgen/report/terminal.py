@@ -1,0 +1,106 @@
+"""Terminal output (rich): the per-level table, the verdicts, and the comparison table.
+
+Input: a ``RunSummary`` or a ``Comparison``. Output: printed to a rich ``Console``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from rich.console import Console
+from rich.table import Table
+
+from loadgen.analysis import Comparison, LevelSummary, RunSummary
+from loadgen.report.verdicts import num, pct, verdicts
+
+
+def _flags(summary: RunSummary, lv: LevelSummary) -> str:
+    flags = []
+    if summary.saturated(lv):
+        flags.append("saturated")
+    elif not lv.slo_met:
+        flags.append("SLO miss")
+    if lv.stopped_early:
+        flags.append("stopped early")
+    if lv.client_bound:
+        flags.append("client-bound")
+    if not lv.ledger.closes:
+        flags.append("ledger open")
+    if summary.saturation.level == lv.level:
+        flags.append("◀ saturation point")
+    return ", ".join(flags)
+
+
+def level_table(summary: RunSummary) -> Table:
+    """The per-level table: load, throughput, latency percentiles (ms), errors, goodput, flags."""
+    open_loop = any(lv.open_loop for lv in summary.levels)
+    streamed = any(lv.metrics.streamed for lv in summary.levels)
+    table = Table(title=f"loadgen · {summary.run_id} · steady-state window per level", title_justify="left")
+    columns = ["level", "offered req/s" if open_loop else "streams", "achieved req/s", "output tok/s"]
+    if streamed:
+        columns += ["TTFT p50 ms", "TTFT p99 ms"]
+        if open_loop:
+            columns.append("queued TTFT p99 ms")
+        columns += ["TPOT p50 ms", "TPOT p99 ms", "ITL p99 ms"]
+    columns += ["E2E p99 ms"]
+    if open_loop and not streamed:
+        columns.append("queued E2E p99 ms")
+    columns += ["errors", "goodput req/s", "flags"]
+    for c in columns:
+        table.add_column(c, justify="left" if c == "flags" else "right", overflow="fold")
+    for lv in sorted(summary.levels, key=lambda lv: (not lv.open_loop, lv.load)):
+        m = lv.metrics
+        row = [str(lv.level), num(lv.load), num(m.achieved_rps), num(m.output_tok_s)]
+        if streamed:
+            row += [num(m.ttft.p50), num(m.ttft.p99)]
+            if open_loop:
+                row.append(num(m.queued_ttft.p99))
+            row += [num(m.tpot.p50), num(m.tpot.p99), num(m.itl.p99)]
+        row.append(num(m.e2e.p99))
+        if open_loop and not streamed:
+            row.append(num(m.queued_e2e.p99))
+        row += [pct(m.error_rate), num(m.goodput_rps), _flags(summary, lv)]
+        style = "red" if summary.saturated(lv) else "yellow" if lv.client_bound else None
+        table.add_row(*row, style=style)
+    return table
+
+
+def render_terminal(summary: RunSummary, console: Optional[Console] = None) -> None:
+    """Print the per-level table, then the verdicts in plain words."""
+    console = console or Console()
+    console.print(level_table(summary))
+    for sentence in verdicts(summary):
+        console.print("• " + sentence, highlight=False, markup=False)
+    for note in summary.notes:
+        console.print("note: " + note, style="dim", highlight=False, markup=False)
+
+
+def comparison_table(comparison: Comparison) -> Table:
+    """Every run's value per common level and metric, with each run's ratio to the first (B/A)."""
+    base = comparison.runs[0]
+    table = Table(title="loadgen comparison (ratios are run / " + base + ")", title_justify="left")
+    table.add_column(f"load ({comparison.load_axis})", justify="right")
+    table.add_column("metric")
+    for run in comparison.runs:
+        table.add_column(run, justify="right", overflow="fold")
+    for run in comparison.runs[1:]:
+        table.add_column(f"{run} / {base}", justify="right", overflow="fold")
+    previous = None
+    for row in comparison.rows:
+        load = "verdicts" if row.group == "verdict" else num(row.load)
+        if previous is not None and load != previous:
+            table.add_section()
+        pcts = row.metric == "error rate"
+        values = [pct(v) if pcts else num(v) for v in row.values]
+        ratios = ["—" if r is None else f"{r:.2f}×" for r in row.ratios[1:]]
+        table.add_row(load if load != previous else "", row.metric, *values, *ratios)
+        previous = load
+    return table
+
+
+def render_comparison(comparison: Comparison, console: Optional[Console] = None) -> None:
+    """Print the comparison table and its notes."""
+    console = console or Console()
+    console.print(comparison_table(comparison))
+    for note in comparison.notes:
+        console.print("note: " + note, style="dim", highlight=False, markup=False)

@@ -1,0 +1,38 @@
+"""The adaptive sweep (``load=search``): measure levels until the capacity is bracketed tightly.
+
+Input: the config and a callback that runs one level. Output: the levels it
+chose, each judged by the analysis module right after it ran; the choice of
+the next rate is ``loadgen.analysis.next_search_level`` (geometric steps, then
+bisection between the highest passing and the lowest failing rate).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+from loadgen.analysis import SearchPoint, analyze_run, next_search_level
+from loadgen.config import LoadgenConfig
+from loadgen.schedule import LevelSpec
+
+
+def run_search(
+    cfg: LoadgenConfig,
+    run_level: Callable[[LevelSpec], dict[str, Any]],
+    run_dir: str,
+    stop: threading.Event,
+    deadline: float,
+) -> list[SearchPoint]:
+    """Run levels chosen one at a time until the search converges, is stopped, or runs out of time."""
+    points: list[SearchPoint] = []
+    while not stop.is_set() and time.monotonic() < deadline:
+        rate = next_search_level(points, cfg.load)
+        if rate is None:
+            break
+        index = len(points)
+        run_level(LevelSpec(index=index, mode="rate", value=float(rate)))
+        summary = analyze_run(run_dir, slo=cfg.slo, analysis=cfg.analysis, cluster=cfg.cluster)
+        level = next(lv for lv in summary.levels if lv.level == index)
+        points.append(SearchPoint.of(level))
+    return points
