@@ -36,31 +36,35 @@ def arrival_offsets(
 ) -> np.ndarray:
     """Send offsets (s) of an open-loop arrival process at ``rate`` req/s within ``duration_s``.
 
-    ``constant``: offsets k / rate. ``poisson``: exponential gaps. ``gamma``: gamma
-    gaps with squared coefficient of variation ``burstiness`` (1 = Poisson, larger
-    is burstier). With ``ramp_up_s`` the rate rises linearly from 0 to ``rate``;
-    offsets are drawn at unit rate and mapped through the inverse cumulative
-    intensity, so the ramp changes spacing, never order or count logic.
+    The count is exact (round(rate x duration), less half the ramp), so a level
+    offers the load it names; the randomness is in the spacing. ``constant``:
+    offsets k / rate. ``poisson``: sorted uniform points, i.e. a Poisson process
+    conditioned on its count (exponential gaps). ``gamma``: gamma gaps with
+    squared coefficient of variation ``burstiness`` (1 = Poisson-like, larger is
+    burstier), scaled to fill the level. With ``ramp_up_s`` the rate rises
+    linearly from 0 to ``rate``: offsets are drawn at unit rate and mapped
+    through the inverse cumulative intensity.
     """
     if kind not in ARRIVALS:
         raise ValueError(f"arrival process {kind!r}: expected one of {', '.join(ARRIVALS)}")
     if rate <= 0 or duration_s <= 0 or max_count <= 0:
         return np.empty(0, dtype=np.float64)
+    ramp_up_s = min(ramp_up_s, duration_s)
+    span = rate * (duration_s - ramp_up_s / 2.0)  # expected arrivals, in unit-rate time
+    n = int(min(max_count, max(1, round(span))))
     rng = np.random.default_rng(seed)
-    # Expected count under the (ramped) intensity, with headroom for random draws.
-    total = rate * max(duration_s - ramp_up_s / 2.0, 0.0)
-    n = int(min(max_count, math.ceil(total + 8.0 * math.sqrt(total + 1.0) * max(1.0, burstiness) + 16)))
     if kind == "constant":
-        unit = np.arange(n, dtype=np.float64)
+        unit = np.arange(n, dtype=np.float64) * (span / max(round(span), 1))
     elif kind == "poisson":
-        unit = np.concatenate(([0.0], np.cumsum(rng.exponential(1.0, size=n))[:-1]))
+        unit = np.sort(rng.uniform(0.0, span, size=n))
     else:
         shape = 1.0 / burstiness
-        gaps = rng.gamma(shape, 1.0 / shape, size=n)
-        unit = np.concatenate(([0.0], np.cumsum(gaps)[:-1]))
+        gaps = rng.gamma(shape, 1.0, size=n)
+        # n gaps span the level; the first arrival sits one random gap in.
+        unit = np.cumsum(gaps) - gaps[0] * rng.uniform()
+        unit *= span / (unit[-1] + gaps[0])
     offsets = _invert_ramp(unit, rate, ramp_up_s)
-    offsets = offsets[offsets < duration_s]
-    return offsets[:max_count]
+    return offsets[(offsets >= 0) & (offsets < duration_s)][:max_count]
 
 
 def _invert_ramp(unit: np.ndarray, rate: float, ramp_up_s: float) -> np.ndarray:

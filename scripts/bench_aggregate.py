@@ -3,7 +3,7 @@
 The records look like a streaming sweep: ``--levels`` open-loop levels, each
 split over ``--workers`` Parquet parts (zstd, as the workers write them), and
 every request carrying a ``chunk_ns`` list of 16–64 token timestamps (uniform;
-mean 40). Ten million records therefore hold ~400 million chunk timestamps
+mean 40), written by loadgen's own ``PartWriter``. Ten million records therefore hold ~400 million chunk timestamps
 (~3.2 GB as raw int64); the analysis keeps one level in memory at a time.
 
 The analysis runs in a fresh child process so its peak RSS is its own.
@@ -26,7 +26,8 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from loadgen.records import RECORD_SCHEMA, PartWriter, part_dir
 
 T0 = 1_700_000_000_000_000_000
 NS = 1_000_000_000
@@ -50,7 +51,7 @@ def synthesise_part(rng: np.random.Generator, n: int, start_ns: int, span_ns: in
     values = np.repeat(first, lengths) + steps
     end = values[offsets[1:] - 1] + 1_000_000
     status = np.where(rng.random(n) < 0.002, "timeout", "ok")
-    return pa.table({
+    columns = {
         "run_id": pa.array(["bench"] * n),
         "level": pa.array(np.full(n, level, np.int32)),
         "level_value": pa.array(np.full(n, float(level + 1))),
@@ -63,7 +64,10 @@ def synthesise_part(rng: np.random.Generator, n: int, start_ns: int, span_ns: in
         "chunk_ns": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values)),
         "status": pa.array(status),
         "loop_lag_ms": pa.array(rng.exponential(0.3, n).astype(np.float32)),
-    })
+    }
+    return pa.table(
+        [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in RECORD_SCHEMA], schema=RECORD_SCHEMA
+    )
 
 
 def synthesise(run_dir: str, records: int, levels: int, workers: int, part_rows: int, chunks: tuple[int, int]) -> None:
@@ -77,11 +81,9 @@ def synthesise(run_dir: str, records: int, levels: int, workers: int, part_rows:
         n_level = per_level + (records % levels if level == levels - 1 else 0)
         per_worker = [n_level // workers + (1 if w < n_level % workers else 0) for w in range(workers)]
         for w, n_w in enumerate(per_worker):
-            d = os.path.join(run_dir, "records", f"level={level}", f"worker={w}")
-            os.makedirs(d, exist_ok=True)
-            for part, lo in enumerate(range(0, n_w, part_rows)):
-                table = synthesise_part(rng, min(part_rows, n_w - lo), start, level_span, level, w, chunks)
-                pq.write_table(table, os.path.join(d, f"part-{part:05d}-bench.parquet"), compression="zstd")
+            writer = PartWriter(part_dir(os.path.join(run_dir, "records"), level, w))
+            for lo in range(0, n_w, part_rows):
+                writer.write(synthesise_part(rng, min(part_rows, n_w - lo), start, level_span, level, w, chunks))
         rate = n_level / (level_span / NS)
         meta.append({
             "level": level, "mode": "rate", "value": rate, "offered_rps": rate,
@@ -130,9 +132,8 @@ def main() -> None:
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(run_dir) for f in fs)
         print(f"synthesised {args.records:,} records ({args.chunks[0]}-{args.chunks[1]} chunks each) "
               f"in {time.perf_counter() - t:.1f} s: {size / 1e9:.2f} GB of Parquet in {run_dir}")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH")])))
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "--analyse-only", run_dir],
-                             check=True, capture_output=True, text=True, env=env).stdout
+                             check=True, capture_output=True, text=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         print(f"analyze_run: {r['analyse_s']:.1f} s for {r['records']:,} records = "
               f"{r['records'] / r['analyse_s']:,.0f} records/s "

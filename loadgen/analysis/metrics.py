@@ -40,27 +40,75 @@ METRIC_COLUMNS = [
 ]
 
 
-def quantiles(values: np.ndarray, qs: Sequence[float], weights: Optional[np.ndarray] = None) -> np.ndarray:
-    """Exact percentiles ``qs`` (0–100) of ``values``; NaN for an empty sample.
+class Sample:
+    """A sorted (optionally weighted) sample: sorted once, then any percentile is read in O(1).
 
-    Unweighted this is numpy's default (linear) method. Weighted, it is the same
-    method applied to the sample in which value *i* occurs ``weights[i]`` times,
-    extended to fractional weights.
+    Unweighted percentiles use numpy's default (linear) method. Weighted, they
+    use the same method on the sample in which value *i* occurs ``weights[i]``
+    times, extended to fractional weights.
     """
-    q = np.asarray(qs, dtype=np.float64)
-    if values.size == 0:
-        return np.full(q.shape, np.nan)
-    if weights is None:
-        return np.percentile(values, q)
-    order = np.argsort(values, kind="stable")
-    v = values[order].astype(np.float64)
-    cum = np.cumsum(weights[order], dtype=np.float64)
-    pos = np.clip(q / 100.0 * (cum[-1] - 1.0), 0.0, None)
-    lo = np.floor(pos)
-    # Value at position p of the expanded sample: the first value whose cumulative weight exceeds p.
-    i_lo = np.minimum(np.searchsorted(cum, lo, side="right"), v.size - 1)
-    i_hi = np.minimum(np.searchsorted(cum, lo + 1.0, side="right"), v.size - 1)
-    return v[i_lo] + (pos - lo) * (v[i_hi] - v[i_lo])
+
+    def __init__(self, values: np.ndarray, weights: Optional[np.ndarray] = None) -> None:
+        self.size = int(values.size)
+        self.mean = float(np.average(values, weights=weights)) if self.size else float("nan")
+        if weights is None:
+            self.sorted = np.sort(_narrow(values))
+            self.cum: Optional[np.ndarray] = None
+        else:
+            order = np.argsort(values, kind="stable")
+            self.sorted = values[order]
+            self.cum = np.cumsum(weights[order], dtype=np.float64)
+
+    def quantiles(self, qs: Sequence[float]) -> np.ndarray:
+        """Percentiles ``qs`` (0–100); NaN for an empty sample."""
+        q = np.asarray(qs, dtype=np.float64)
+        if self.size == 0:
+            return np.full(q.shape, np.nan)
+        v = self.sorted
+        if self.cum is None:
+            pos = q / 100.0 * (self.size - 1)
+            lo = np.floor(pos).astype(np.int64)
+            hi = np.minimum(lo + 1, self.size - 1)
+        else:
+            pos = np.clip(q / 100.0 * (self.cum[-1] - 1.0), 0.0, None)
+            # Value at position p of the expanded sample: the first value whose cumulative weight exceeds p.
+            lo = np.minimum(np.searchsorted(self.cum, np.floor(pos), side="right"), self.size - 1)
+            hi = np.minimum(np.searchsorted(self.cum, np.floor(pos) + 1.0, side="right"), self.size - 1)
+        frac = pos - np.floor(pos)
+        low = v[lo].astype(np.float64)
+        return low + frac * (v[hi].astype(np.float64) - low)
+
+    def dist_ms(self) -> Dist:
+        """The reported summary, converted from ns to ms."""
+        if self.size == 0:
+            return Dist()
+        p = self.quantiles(PERCENTILES) / NS_PER_MS
+        return Dist(
+            count=self.size,
+            mean=self.mean / NS_PER_MS,
+            p50=float(p[0]),
+            p90=float(p[1]),
+            p95=float(p[2]),
+            p99=float(p[3]),
+            p999=float(p[4]),
+            max=float(self.sorted[-1]) / NS_PER_MS,
+        )
+
+    def cdf_ms(self) -> list[float]:
+        """The distribution at ``CDF_PERCENTILES``, in ms (empty for no data)."""
+        return [float(v) for v in self.quantiles(CDF_PERCENTILES) / NS_PER_MS] if self.size else []
+
+
+def _narrow(values: np.ndarray) -> np.ndarray:
+    """int64 durations as int32 when they fit (exact, and twice as fast to sort)."""
+    if values.dtype == np.int64 and values.size and values.max() < 2**31 and values.min() >= -(2**31):
+        return values.astype(np.int32)
+    return values
+
+
+def quantiles(values: np.ndarray, qs: Sequence[float], weights: Optional[np.ndarray] = None) -> np.ndarray:
+    """Exact percentiles ``qs`` (0–100) of ``values`` (see ``Sample`` for the method); NaN when empty."""
+    return Sample(values, weights).quantiles(qs)
 
 
 @dataclass
@@ -79,27 +127,7 @@ class Dist:
     @classmethod
     def of(cls, values_ns: np.ndarray, weights: Optional[np.ndarray] = None) -> Dist:
         """Summarise nanosecond values (optionally weighted) in milliseconds."""
-        if values_ns.size == 0:
-            return cls()
-        p = quantiles(values_ns, PERCENTILES, weights) / NS_PER_MS
-        mean = np.average(values_ns, weights=weights) / NS_PER_MS
-        return cls(
-            count=int(values_ns.size),
-            mean=float(mean),
-            p50=float(p[0]),
-            p90=float(p[1]),
-            p95=float(p[2]),
-            p99=float(p[3]),
-            p999=float(p[4]),
-            max=float(values_ns.max() / NS_PER_MS),
-        )
-
-
-def cdf_ms(values_ns: np.ndarray, weights: Optional[np.ndarray] = None) -> list[float]:
-    """The distribution sampled at ``CDF_PERCENTILES``, in ms (empty list for no data)."""
-    if values_ns.size == 0:
-        return []
-    return [float(v) for v in quantiles(values_ns, CDF_PERCENTILES, weights) / NS_PER_MS]
+        return Sample(values_ns, weights).dist_ms()
 
 
 @dataclass(frozen=True)
@@ -204,7 +232,7 @@ class ChunkScan:
 def scan_chunks(
     chunks: pa.ChunkedArray, select: np.ndarray, output_tokens: np.ndarray, window: Window
 ) -> ChunkScan:
-    """ITL gaps of the ``select``-ed requests and token arrivals in ``window``, one pass, no Python loop per row.
+    """ITL gaps of the ``select``-ed requests and token arrivals in ``window``, vectorised per Arrow chunk.
 
     A chunk carries ``output_tokens / len(chunk_ns)`` tokens of its request (the
     server's usage count spread over its chunks; 1 when usage is missing), so
@@ -213,50 +241,66 @@ def scan_chunks(
     gaps: list[np.ndarray] = []
     gap_weights: list[np.ndarray] = []
     lengths_all: list[np.ndarray] = []
+    weighted = False
     tokens = 0.0
     row = 0
     for arr in chunks.chunks:
         n = len(arr)
         lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy().astype(np.int64)
-        values = arr.flatten().to_numpy()
         sel, out = select[row : row + n], output_tokens[row : row + n]
         row += n
         lengths_all.append(lengths)
+        values = arr.flatten().to_numpy()
         if values.size == 0:
             continue
         weight = np.where((out >= 0) & (lengths > 0), out / np.maximum(lengths, 1), 1.0)
-        ends = np.cumsum(lengths)
-        starts = ends - lengths
-        inside = window.contains(values)
-        cum = np.concatenate(([0], np.cumsum(inside, dtype=np.int64)))
-        tokens += float(np.dot(cum[ends] - cum[starts], weight))
-        # Gaps between consecutive values, minus those spanning two requests.
-        keep = np.ones(values.size - 1, dtype=bool)
-        boundary = starts[(lengths > 0) & (starts > 0)] - 1
-        keep[boundary] = False
+        starts = np.cumsum(lengths) - lengths
+        tokens += _tokens_in_window(values, starts, lengths, weight, window)
+        # Every chunk but a request's first closes a gap; keep the gaps of selected requests.
+        closes = np.repeat(sel, lengths)
+        closes[starts[lengths > 0]] = False
+        gaps.append(np.diff(values)[closes[1:]])
         per_row = np.maximum(lengths - 1, 0)
-        keep[keep] = np.repeat(sel, per_row)
-        gaps.append(np.diff(values)[keep])
         gap_weights.append(np.repeat(weight[sel], per_row[sel]))
-    itl = np.concatenate(gaps) if gaps else np.empty(0, np.int64)
-    w = np.concatenate(gap_weights) if gap_weights else np.empty(0)
+        weighted = weighted or bool(np.any(weight[sel & (per_row > 0)] != 1.0))
     return ChunkScan(
-        itl_ns=itl,
-        itl_weights=None if np.all(w == 1.0) else w,
+        itl_ns=np.concatenate(gaps) if gaps else np.empty(0, np.int64),
+        itl_weights=np.concatenate(gap_weights) if weighted else None,
         chunks=np.concatenate(lengths_all) if lengths_all else np.empty(0, np.int64),
         tokens_in_window=tokens,
     )
+
+
+def _tokens_in_window(
+    values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, weight: np.ndarray, window: Window
+) -> float:
+    """Weighted count of chunk times inside the window; only requests straddling an edge are looked at per chunk."""
+    some = lengths > 0
+    first = values[starts[some]]
+    last = values[starts[some] + lengths[some] - 1]  # chunk_ns is in arrival order
+    w, n = weight[some], lengths[some]
+    inside = (first >= window.start_ns) & (last < window.end_ns)
+    edge = ~inside & (last >= window.start_ns) & (first < window.end_ns)
+    total = float(np.dot(n[inside], w[inside]))
+    if np.any(edge):
+        seg_len = n[edge]
+        seg_start = np.cumsum(seg_len) - seg_len
+        idx = np.repeat(starts[some][edge] - seg_start, seg_len) + np.arange(int(seg_len.sum()))
+        counts = np.add.reduceat(window.contains(values[idx]).astype(np.int64), seg_start)
+        total += float(np.dot(counts, w[edge]))
+    return total
 
 
 def peak_in_flight(start: np.ndarray, end: np.ndarray) -> int:
     """Most requests open at once, from [start, end) intervals (an open end counts as never closing)."""
     if start.size == 0:
         return 0
-    end = np.where(end == MISSING, np.iinfo(np.int64).max, end)
-    t = np.concatenate((start, end))
-    delta = np.concatenate((np.ones(start.size, np.int8), np.full(end.size, -1, np.int8)))
-    order = np.lexsort((delta, t))  # at equal times a close comes before an open
-    return int(np.cumsum(delta[order], dtype=np.int64).max())
+    base = int(start.min())
+    end = np.where(end == MISSING, max(int(start.max()), int(end.max())) + 1, end)
+    # One sortable key per event: time × 2, +1 for an open, so a close sorts before an open at the same time.
+    keys = np.concatenate(((start - base) * 2 + 1, (end - base) * 2))
+    keys.sort()
+    return int(np.cumsum(np.where(keys & 1, 1, -1).astype(np.int32)).max())
 
 
 def in_flight_at(start: np.ndarray, end: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -319,8 +363,8 @@ def level_metrics(
     """Compute ``LevelMetrics`` for one level's records (``times``: their columns, if already extracted)."""
     times = times if times is not None else RequestTimes.from_table(table)
     in_window = window.contains(times.scheduled)
-    sample = in_window & times.ok
-    chunk_scan = scan_chunks(table.column("chunk_ns"), sample, times.output_tokens, window)
+    measured = in_window & times.ok  # the latency population
+    chunk_scan = scan_chunks(table.column("chunk_ns"), measured, times.output_tokens, window)
     streamed = bool(np.any(chunk_scan.chunks > 0))
 
     ended = window.contains(times.end)
@@ -330,21 +374,23 @@ def level_metrics(
     requests = int(np.count_nonzero(in_window))
     seconds = window.seconds if window.seconds > 0 else float("inf")  # an empty level has no rates
 
-    def dist(metric: tuple[np.ndarray, np.ndarray], rows: np.ndarray = sample) -> np.ndarray:
+    def dist(metric: tuple[np.ndarray, np.ndarray], rows: np.ndarray = measured) -> np.ndarray:
         values, valid = metric
         return values[rows & valid]
 
-    ttft, queued_ttft, e2e = dist(times.ttft()), dist(times.queued_ttft()), dist(times.e2e())
-    tpot = dist(times.tpot())
+    ttft = Sample(dist(times.ttft()))
+    e2e = Sample(dist(times.e2e()))
+    tpot = Sample(dist(times.tpot()))
+    itl = Sample(chunk_scan.itl_ns, chunk_scan.itl_weights)
     status = table.column("status").filter(pa.array(in_window & ~times.ok))
-    errors = {str(s["values"]): int(s["counts"]) for s in pc.value_counts(status).to_pylist()}
+    errors = {str(c["values"]): int(c["counts"]) for c in pc.value_counts(status).to_pylist()}
 
     good_rows = meets_slo(times, slo, streamed)
-    slo_values = {"ttft_ms": ttft if streamed else None, "tpot_ms": tpot if streamed else None, "e2e_ms": e2e}
+    slo_samples = {"ttft_ms": ttft if streamed else None, "tpot_ms": tpot if streamed else None, "e2e_ms": e2e}
     slo_percentiles = {
-        key: float(quantiles(values, [slo.percentile])[0] / NS_PER_MS) if values.size else None
-        for key, values in slo_values.items()
-        if getattr(slo, key) is not None and values is not None
+        key: float(sample.quantiles([slo.percentile])[0] / NS_PER_MS) if sample.size else None
+        for key, sample in slo_samples.items()
+        if getattr(slo, key) is not None and sample is not None
     }
     return LevelMetrics(
         window_s=window.seconds,
@@ -354,24 +400,20 @@ def level_metrics(
         scheduled_rps=requests / seconds,
         output_tok_s=tokens / seconds,
         streamed=streamed,
-        ttft=Dist.of(ttft),
-        queued_ttft=Dist.of(queued_ttft),
-        itl=Dist.of(chunk_scan.itl_ns, chunk_scan.itl_weights),
-        tpot=Dist.of(tpot),
-        e2e=Dist.of(e2e),
+        ttft=ttft.dist_ms(),
+        queued_ttft=Dist.of(dist(times.queued_ttft())),
+        itl=itl.dist_ms(),
+        tpot=tpot.dist_ms(),
+        e2e=e2e.dist_ms(),
         queued_e2e=Dist.of(dist(times.queued_e2e())),
         normalized=Dist.of(dist(times.normalized())),
         schedule_lag=Dist.of(dist(times.schedule_lag(), in_window)),
         errors=errors,
-        error_rate=(requests - int(np.count_nonzero(sample))) / requests if requests else 0.0,
+        error_rate=(requests - int(np.count_nonzero(measured))) / requests if requests else 0.0,
         peak_in_flight=peak_in_flight(times.sent[times.sent != MISSING], times.end[times.sent != MISSING]),
         good=int(np.count_nonzero(good_rows & in_window)),
         attainment=float(np.count_nonzero(good_rows & in_window)) / requests if requests else None,
         goodput_rps=float(np.count_nonzero(good_rows & ended)) / seconds,
         slo_percentiles=slo_percentiles,
-        cdf={
-            "ttft": cdf_ms(ttft),
-            "itl": cdf_ms(chunk_scan.itl_ns, chunk_scan.itl_weights),
-            "e2e": cdf_ms(e2e),
-        },
+        cdf={"ttft": ttft.cdf_ms(), "itl": itl.cdf_ms(), "e2e": e2e.cdf_ms()},
     )

@@ -314,7 +314,9 @@ def json_array_items(src: Source, chunk_chars: int = 1 << 20) -> Iterator[tuple[
                 except json.JSONDecodeError as exc:
                     if eof:
                         err_line = base_line + buf.count("\n", 0, exc.pos)
-                        raise WorkloadError(f"{src.name} line {err_line}: expected a complete JSON value, got {exc.msg.lower()}") from None
+                        raise WorkloadError(
+                            f"{src.name} line {err_line}: expected a complete JSON value, got invalid JSON ({exc.msg.lower()})"
+                        ) from None
                     more = f.read(chunk_chars)
                     eof = not more
                     buf += more
