@@ -35,7 +35,7 @@ from loadgen.worker import LevelRun, TargetSpec
 from loadgen.workload import load as load_workload
 
 #: Seconds between the driver's start signal and the common start time of a level.
-START_LEAD_S = 0.5
+START_LEAD_S = 0.2
 #: How long in-flight requests may finish after Ctrl-C/SIGTERM before they are cancelled.
 STOP_GRACE_S = 3.0
 POLL_S = 0.25
@@ -124,15 +124,18 @@ def run(cfg: LoadgenConfig, run_dir: str, *, console: Optional[Console] = None, 
     )
 
     ground_truth = os.path.join(run_dir, "sim_ground_truth.parquet") if cfg.target.sim_ground_truth else None
-    target = resolve(cfg.target, ground_truth=ground_truth)
-    state.meta["target"] = target.summary()
+    target = resolve(clusters.primary_target(cfg.target), ground_truth=ground_truth)
+    fleet = clusters.probe_fleet(cfg.target, target.model) if cfg.target.urls else None
+    state.meta["target"] = {**target.summary(), **({"urls": fleet} if fleet else {})}
     console.print(f"target: {target.base_url} (model {target.model}, {target.kind})")
     started_ray = False
     pool = None
     try:
         started_ray = clusters.connect(cfg.cluster)
         spec = TargetSpec(base_url=target.base_url, model=target.model, config=cfg.target, api_key=api_key(cfg.target))
-        pool = clusters.start_workers(cfg.cluster, run_id, spec, os.path.abspath(run_dir), clock_skew_ns=clock_skew_ns)
+        pool = clusters.start_workers(
+            cfg.cluster, run_id, spec, os.path.abspath(run_dir), clock_skew_ns=clock_skew_ns, urls=fleet
+        )
         clock = clusters.DriverClock()
         state.meta["workers"] = clusters.sync_clocks(pool, clock, cfg.cluster.clock_sync_samples)
         state.meta["nodes"] = _nodes()
@@ -211,23 +214,29 @@ def _run_one(
     import ray
 
     load = cfg.load
+    driver_cpu0 = time.process_time()
+    if state.meta["levels"]:
+        # Clocks drift: re-measure between levels (run.json keeps every measurement).
+        clusters.sync_clocks(pool, clock, cfg.cluster.clock_sync_samples)
     plan = plan_level(cursor, spec, load, len(pool))
-    shard_refs = [ray.put(s) for s in plan.shards]
-    t0 = clock.now() + int(START_LEAD_S * 1e9)
-    futures = []
-    for w, actor in enumerate(pool.actors):
-        run = LevelRun(
+    runs = [
+        LevelRun(
             level=spec.index,
             mode=spec.mode,
             value=spec.value,
-            t0_ns=t0,
             duration_s=plan.duration_s,
             drain_s=load.drain_s,
             concurrency=plan.concurrency[w] if plan.concurrency else 0,
             think_time_s=load.think_time_s if spec.mode == "concurrency" else cfg.workload.think_time_s,
             max_concurrency=_share(load.max_concurrency, w, len(pool)),
+            max_requests=plan.max_requests[w] if plan.max_requests else 0,
         )
-        futures.append(actor.run_level.remote(run, shard_refs[w]))
+        for w in range(len(pool))
+    ]
+    # Shards travel and get unpacked first; the common start is set once every worker is ready.
+    ray.get([a.prepare_level.remote(r, ray.put(s)) for a, r, s in zip(pool.actors, runs, plan.shards)])
+    t0 = clock.now() + int(START_LEAD_S * 1e9) + pool.max_clock_uncertainty_ns()
+    futures = [actor.start_level.remote(t0) for actor in pool.actors]
 
     unit = {"rate": "req/s", "concurrency": "streams", "trace": "x trace speed"}[spec.mode]
     title = f"level {spec.index + 1}/{n_levels or '?'}  {spec.value:g} {unit}"
@@ -267,6 +276,7 @@ def _run_one(
 
     entry = _level_entry(state.run_dir, cfg, plan, t0, clock.now(), results, lost, pool)
     entry["stopped_early"] = stopped
+    entry["driver_cpu_s"] = time.process_time() - driver_cpu0
     state.meta["levels"].append(entry)
     for w, why in lost.items():
         state.meta["workers"][w]["alive"] = False
@@ -352,6 +362,7 @@ def _level_entry(
             "schedule_lag_ms_p99": r["schedule_lag_ms_p99"],
             "schedule_lag_ms_max": r["schedule_lag_ms_max"],
             "cpu_percent": r["cpu_percent"],
+            "cpu_s": r.get("cpu_s"),
         }
         for w, r in sorted(results.items())
     ]

@@ -96,7 +96,8 @@ class LevelPlan:
     spec: LevelSpec
     shards: list[pa.Table]  # one per worker: request rows plus `scheduled_s`
     concurrency: list[int] = field(default_factory=list)  # closed loop: streams per worker
-    planned: int = 0  # requests planned (closed loop: the pool size, an upper bound)
+    max_requests: list[int] = field(default_factory=list)  # closed loop: request cap per worker
+    planned: int = 0  # requests planned (closed loop: the request cap, an upper bound)
     offered_rps: Optional[float] = None  # planned arrivals / sending time (open loop)
     duration_s: float = 0.0  # sending phase length
 
@@ -274,16 +275,21 @@ def plan_closed_loop(cursor: RequestCursor, spec: LevelSpec, load: LoadConfig, w
     """Plan a closed-loop level: ``spec.value`` streams split over workers, a pool of rows each."""
     streams = int(spec.value)
     per_worker = [streams // workers + (1 if w < streams % workers else 0) for w in range(workers)]
-    rows = cursor.take(load.max_requests)
+    # Each worker cycles its pool; the pool is at most one pass over the table.
+    rows = cursor.take(min(load.max_requests, cursor.table.num_rows))
     rows = rows.append_column("scheduled_s", pa.nulls(rows.num_rows, pa.float64()))
     shards = shard(rows, workers)
     # A worker with no streams sends nothing; its rows go unplanned rather than unsent.
     shards = [s if c > 0 else s.slice(0, 0) for s, c in zip(shards, per_worker)]
+    # The request cap is shared in proportion to streams.
+    caps = [load.max_requests * c // max(streams, 1) for c in per_worker]
+    caps[0] += load.max_requests - sum(caps) if streams else 0
     return LevelPlan(
         spec=spec,
         shards=shards,
         concurrency=per_worker,
-        planned=sum(s.num_rows for s in shards),
+        max_requests=caps,
+        planned=sum(caps),
         offered_rps=None,
         duration_s=load.duration_s,
     )

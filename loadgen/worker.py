@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from loadgen.client.openai import request_body, url_for
 from loadgen.client.stream import execute
+from loadgen.collector import DirectSink, OutputSpec, PartTarget, Sink
 from loadgen.config import ClusterConfig, TargetConfig
 from loadgen.records import PartWriter, RecordBuffer, part_dir, to_batch
 
@@ -56,12 +57,13 @@ class LevelRun:
     level: int  # level index
     mode: str  # rate | concurrency | trace
     value: float  # the level's load value
-    t0_ns: int  # common start, run clock
     duration_s: float  # sending phase
     drain_s: float  # how long in-flight requests may finish after sending stops
     concurrency: int = 0  # closed loop: streams on this worker
     think_time_s: float = 0.0  # closed loop / sessions: pause before the next request
     max_concurrency: Optional[int] = None  # open loop: in-flight ceiling on this worker
+    max_requests: int = 0  # closed loop: cap on requests this worker sends (its pool is cycled)
+    t0_ns: int = 0  # common start on the run clock, set by start_level
 
 
 @dataclass
@@ -129,6 +131,7 @@ class WorkerCore:
         run_uri: str,
         *,
         clock_skew_ns: int = 0,
+        sink: Optional[Sink] = None,
     ) -> None:
         self.worker_id = worker_id
         self.run_id = run_id
@@ -136,6 +139,7 @@ class WorkerCore:
         self.target = target
         self.cluster = cluster
         self.run_uri = run_uri.rstrip("/")
+        self.sink: Sink = sink or DirectSink(self.run_uri, cluster.records_uri)
         # Run clock = monotonic + base; base starts as the local epoch mapping (plus an
         # injected skew in tests) and later absorbs the offset the driver measured.
         self._epoch_base = time.time_ns() - time.monotonic_ns() + clock_skew_ns
@@ -152,7 +156,7 @@ class WorkerCore:
         self._stop: Optional[asyncio.Event] = None
         self._stop_deadline_ns = 0
         self._telemetry: list[tuple] = []
-        self._telemetry_writer: Optional[PartWriter] = None
+        self._telemetry_writer: Optional[PartTarget] = None
 
     # ------------------------------------------------------------------ clock
     def now(self) -> int:
@@ -194,7 +198,7 @@ class WorkerCore:
             skip_auto_headers=("User-Agent",),
         )
         self._stop = asyncio.Event()
-        self._telemetry_writer = PartWriter(f"{self.run_uri}/telemetry/worker={self.worker_id}")
+        self._telemetry_writer = self.sink.telemetry(self.worker_id)
 
     async def close(self) -> None:
         """Close the HTTP session."""
@@ -222,16 +226,23 @@ class WorkerCore:
         }
 
     # ------------------------------------------------------------------ one level
-    async def run_level(self, run: LevelRun, shard: pa.Table) -> dict[str, Any]:
-        """Send this worker's shard of one level; return its ledger and timing health."""
-        assert self.session is not None and self._stop is not None
+    async def prepare_level(self, run: LevelRun, shard: pa.Table) -> None:
+        """Take this worker's shard of a level and get ready to send it (the slow part)."""
+        if run.mode == "concurrency":
+            check_socket_limits(run.concurrency, self.worker_id)
+        self._prepared = _LevelState(run, self, shard)
+
+    async def start_level(self, t0_ns: int) -> dict[str, Any]:
+        """Send the prepared level from ``t0_ns`` on; return its ledger and timing health."""
+        assert self.session is not None and self._stop is not None and self._prepared is not None
+        state, self._prepared = self._prepared, None
+        run = state.run
+        state.start(t0_ns)
         self._stop.clear()
         self._level = run.level
         self.sent = self.completed = self.errors = self.in_flight = 0
         self.lag_max_ms = 0.0
-        if run.mode == "concurrency":
-            check_socket_limits(run.concurrency, self.worker_id)
-        state = _LevelState(run, self, shard)
+        cpu0 = time.process_time()
         monitor = asyncio.ensure_future(self._monitor(state))
         flusher = asyncio.ensure_future(self._flush_loop(state))
         try:
@@ -245,7 +256,7 @@ class WorkerCore:
             flusher.cancel()
             await asyncio.gather(monitor, flusher, return_exceptions=True)
             await self._flush(state)
-        return state.ledger()
+        return {**state.ledger(), "cpu_s": time.process_time() - cpu0}
 
     async def _sleep_until(self, t_ns: int) -> bool:
         """Sleep until ``t_ns`` on the run clock; False if a stop came first."""
@@ -292,10 +303,10 @@ class WorkerCore:
                 scheduled = self.now()
                 if scheduled >= end_ns:
                     return
-                k = st.next_row()
-                if k is None:
+                row = st.next_row()
+                if row is None:
                     return
-                await self._one(st, k, scheduled, None)
+                await self._one(st, row[0], scheduled, None, cycle=row[1])
                 if think_ns and not await self._sleep_until(self.now() + think_ns):
                     return
 
@@ -316,9 +327,9 @@ class WorkerCore:
                 st.not_sent_rows(rows[pos + 1 :], "stopped")
                 return
 
-    async def _one(self, st: "_LevelState", k: int, scheduled_ns: int, sem) -> dict[str, Any]:
+    async def _one(self, st: "_LevelState", k: int, scheduled_ns: int, sem, cycle: int = 0) -> dict[str, Any]:
         """Send row ``k`` of the shard, record it, whatever happens."""
-        rec = st.base_record(k, scheduled_ns)
+        rec = st.base_record(k, scheduled_ns, cycle)
         self.sent += 1
         self.in_flight += 1
         lag_at_send = self.lag_ms
@@ -410,12 +421,13 @@ class WorkerCore:
             await self._flush(st)
 
     async def _flush(self, st: "_LevelState") -> None:
-        """Write buffered records and telemetry as new complete parts, off the event loop."""
+        """Hand buffered records and telemetry to the sink as new parts, off the event loop."""
         cols = st.buffer.take()
         tel, self._telemetry = self._telemetry, []
         loop = asyncio.get_running_loop()
         if cols is not None:
-            await loop.run_in_executor(None, lambda: st.writer.write(to_batch(cols)))
+            records = self.sink.records(st.run.level, self.worker_id)
+            await loop.run_in_executor(None, lambda: records.write(to_batch(cols)))
         if tel and self._telemetry_writer is not None:
             writer = self._telemetry_writer
             table = pa.Table.from_arrays(
@@ -435,11 +447,8 @@ class _LevelState:
         self.shard = shard
         n = shard.num_rows
         offsets = shard.column("scheduled_s").to_numpy(zero_copy_only=False) if n else np.empty(0)
-        offsets = np.asarray(offsets, dtype=np.float64)
-        # Rows without an offset (later turns, closed loop) are marked -1.
-        self.scheduled_ns = [
-            (run.t0_ns + int(o * 1e9)) if o == o else -1 for o in offsets.tolist()
-        ]
+        self._offsets_ns = np.round(np.asarray(offsets, dtype=np.float64) * 1e9)
+        self.scheduled_ns: list[int] = []
         cols = shard.select(["request_id", "session_id", "turn", "input_tokens", "output_tokens", "prompt", "messages"]).to_pydict() if n else {}
         self.cols = cols
         self._bodies: dict[int, bytes] = {}
@@ -453,6 +462,15 @@ class _LevelState:
         self.cpu_samples: list[float] = []
         self._next = 0
         self.planned = n if run.mode != "concurrency" else 0
+
+    def start(self, t0_ns: int) -> None:
+        """Fix the common start; absolute send times follow (-1: no own time, e.g. a later turn)."""
+        self.run.t0_ns = t0_ns
+        offs = self._offsets_ns
+        missing = np.isnan(offs)
+        # Integer arithmetic: epoch nanoseconds do not fit a float64 exactly.
+        absolute = np.where(missing, 0, offs).astype(np.int64) + np.int64(t0_ns)
+        self.scheduled_ns = np.where(missing, -1, absolute).tolist()
 
     def body(self, k: int) -> bytes:
         """The request body of row ``k`` (built once)."""
@@ -470,8 +488,8 @@ class _LevelState:
             self._bodies[k] = body
         return body
 
-    def base_record(self, k: int, scheduled_ns: int) -> dict[str, Any]:
-        """The fields of row ``k``'s record known before sending."""
+    def base_record(self, k: int, scheduled_ns: int, cycle: int = 0) -> dict[str, Any]:
+        """The fields of row ``k``'s record known before sending (``cycle``: k-th reuse of the row)."""
         c = self.cols
         core = self.core
         run = self.run
@@ -481,7 +499,7 @@ class _LevelState:
             "level_value": run.value,
             "worker_id": core.worker_id,
             "node_id": core.node_id,
-            "request_id": f"L{run.level}-{c['request_id'][k]}",
+            "request_id": f"L{run.level}-{c['request_id'][k]}" + (f".c{cycle}" if cycle else ""),
             "session_id": c["session_id"][k],
             "turn": c["turn"][k],
             "scheduled_ns": scheduled_ns,
@@ -490,15 +508,15 @@ class _LevelState:
             "clock_uncertainty_ns": core.clock_uncertainty_ns,
         }
 
-    def next_row(self) -> Optional[int]:
-        """Closed loop: the next unused row of the pool."""
-        if self._next >= self.shard.num_rows:
+    def next_row(self) -> Optional[tuple[int, int]]:
+        """Closed loop: (row, reuse count) of the next request, cycling the pool; None at the cap."""
+        n = self.shard.num_rows
+        if n == 0 or self._next >= self.run.max_requests:
             return None
-        k = self._next
+        k, cycle = self._next % n, self._next // n
         self._next += 1
-        if self.run.mode == "concurrency":
-            self.planned += 1
-        return k
+        self.planned += 1
+        return k, cycle
 
     def spawn(self, coro) -> asyncio.Future:
         task = asyncio.ensure_future(coro)
@@ -552,6 +570,7 @@ class Worker:
         cluster: ClusterConfig,
         run_uri: str,
         clock_skew_ns: int = 0,
+        output: Optional[OutputSpec] = None,
     ) -> None:
         import ray
 
@@ -560,7 +579,11 @@ class Worker:
         self._loop = _new_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"loadgen-worker-{worker_id}", daemon=True)
         self._thread.start()
-        self.core = WorkerCore(worker_id, run_id, self.node_id, target, cluster, run_uri, clock_skew_ns=clock_skew_ns)
+        output = output or OutputSpec(run_uri, cluster.records_uri)
+        self._collected = output.collector is not None
+        self.core = WorkerCore(
+            worker_id, run_id, self.node_id, target, cluster, run_uri, clock_skew_ns=clock_skew_ns, sink=output.open()
+        )
         self._call(self.core.start())
 
     def _call(self, coro):
@@ -575,6 +598,8 @@ class Worker:
             "node_id": self.node_id,
             "ip": ray._private.worker.global_worker.node_ip_address,
             "pid": os.getpid(),
+            "url": self.core.target.base_url,
+            "output": "collector" if self._collected else "direct",
         }
 
     def clock_ns(self) -> int:
@@ -582,12 +607,22 @@ class Worker:
         return self.core.local_now()
 
     def set_clock_offset(self, offset_ns: int, uncertainty_ns: int) -> None:
-        """Apply the offset the driver measured."""
-        self._loop.call_soon_threadsafe(self.core.set_clock_offset, offset_ns, uncertainty_ns)
+        """Apply the offset the driver measured (on the loop's thread; returns once applied)."""
 
-    def run_level(self, run: LevelRun, shard: pa.Table) -> dict[str, Any]:
-        """Run one level to completion (blocks this actor thread, not the event loop)."""
-        return self._call(self.core.run_level(run, shard))
+        async def apply() -> None:
+            self.core.set_clock_offset(offset_ns, uncertainty_ns)
+
+        self._call(apply())
+
+    def prepare_level(self, run: LevelRun, shard: pa.Table) -> None:
+        """Receive a level's shard and get ready (returns when ready to start)."""
+        self._call(self.core.prepare_level(run, shard))
+
+    def start_level(self, t0_ns: int) -> dict[str, Any]:
+        """Run the prepared level from ``t0_ns``, its parts all stored (blocks this actor thread, not the loop)."""
+        ledger = self._call(self.core.start_level(t0_ns))
+        self.core.sink.drain()
+        return ledger
 
     def progress(self) -> dict[str, Any]:
         """Live counters."""

@@ -75,11 +75,12 @@ async def run_level(tmp_path, table, run_kw, server=None, stop_after=None, clust
     core = WorkerCore(0, "run", "node", TargetSpec(base, "m", TargetConfig(kind="openai", url=base)),
                       cluster or ClusterConfig(flush_interval_s=0.2), str(tmp_path))
     await core.start()
-    run = LevelRun(level=0, t0_ns=core.now() + 50_000_000, **run_kw)
+    run = LevelRun(level=0, **run_kw)
     try:
+        await core.prepare_level(run, table)
         if stop_after is not None:
             asyncio.get_running_loop().call_later(stop_after, core.request_stop, 0.1)
-        ledger = await core.run_level(run, table)
+        ledger = await core.start_level(core.now() + 50_000_000)
     finally:
         await core.close()
         await server.runner.cleanup()
@@ -116,11 +117,20 @@ def test_records_are_flushed_while_the_level_runs(tmp_path):
 
 def test_closed_loop_keeps_exactly_n_streams(tmp_path):
     ledger, server, _ = asyncio.run(
-        run_level(tmp_path, shard(200), dict(mode="concurrency", value=4, concurrency=4, duration_s=0.6, drain_s=5))
+        run_level(tmp_path, shard(20), dict(mode="concurrency", value=4, concurrency=4, duration_s=0.6, drain_s=5, max_requests=10**6))
     )
     assert server.peak == 4
     assert ledger["sent"] == ledger["planned"] == ledger["statuses"]["ok"]
-    assert 10 < ledger["sent"] < 200
+    assert ledger["sent"] > 20  # the 20-row pool was cycled
+    ids = read_records(str(tmp_path)).column("request_id").to_pylist()
+    assert len(set(ids)) == len(ids) and "L0-r0.c1" in ids
+
+
+def test_closed_loop_stops_at_its_request_cap(tmp_path):
+    ledger, _, _ = asyncio.run(
+        run_level(tmp_path, shard(5), dict(mode="concurrency", value=2, concurrency=2, duration_s=5, drain_s=5, max_requests=7))
+    )
+    assert ledger["sent"] == ledger["planned"] == 7
 
 
 def test_open_loop_concurrency_ceiling_queues_on_the_client(tmp_path):

@@ -1,0 +1,190 @@
+"""Benchmark loadgen's client: streamed tokens per CPU-second, one worker core's capacity, memory per stream.
+
+The target is scripts/fast_sse_server.py (TTFT 50 ms, one token every 10 ms,
+64 tokens per request by default), a server built never to be the bottleneck;
+its own CPU use is printed so you can see which side saturated. Each case is a
+full ``loadgen`` run (Ray workers, per-chunk recording, Parquet, driver), with
+start-up excluded: CPU is counted over the level only.
+
+    python scripts/bench_client.py                       # default cases
+    python scripts/bench_client.py --concurrency 32 256 1024 --workers 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import fast_sse_server  # noqa: E402
+
+from loadgen.config import ClusterConfig, LengthDist, LoadConfig, LoadgenConfig, TargetConfig, WorkloadConfig  # noqa: E402
+from loadgen.records import read_records  # noqa: E402
+from loadgen.runner import run  # noqa: E402
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def sample_worker_rss(run_dir: str, stop: threading.Event, out: dict) -> None:
+    """Peak RSS of the run's worker processes while the level runs."""
+    import json
+
+    path = os.path.join(run_dir, "run.json")
+    while not stop.is_set():
+        try:
+            with open(path) as f:
+                pids = [w["pid"] for w in json.load(f).get("workers", [])]
+            for pid in pids:
+                out.setdefault(pid, []).append(rss_mb(pid))
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.25)
+
+
+def read_truth(truth: str) -> dict[str, int]:
+    """First-token write times (epoch ns) by request id, from every server process."""
+    out = {}
+    for f in Path(truth).parent.glob(Path(truth).name + ".*"):
+        for line in f.read_text().splitlines():
+            rid, t = line.split()
+            out[rid] = int(t)
+        f.unlink()
+    return out
+
+
+def one_case(args, concurrency: int, workers: int) -> dict:
+    truth = os.path.join(tempfile.mkdtemp(prefix="bench_truth_"), "truth")
+    procs = fast_sse_server.start(args.port, args.server_procs, args.ttft_ms, args.itl_ms, truth_path=truth)
+    try:
+        return _measure(args, concurrency, workers, [p.pid for p in procs], procs, truth)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+
+
+def _measure(args, concurrency: int, workers: int, server_pids: list[int], procs, truth: str) -> dict:
+    port, duration, tokens = args.port, args.duration, args.tokens
+    run_dir = tempfile.mkdtemp(prefix="bench_client_")
+    cfg = LoadgenConfig(
+        target=TargetConfig(kind="openai", url=f"http://127.0.0.1:{port}/v1", model="fast", probe=False, metrics_path=None),
+        workload=WorkloadConfig(num_requests=4096, input_tokens=LengthDist(mean=8), output_tokens=LengthDist(mean=tokens)),
+        load=LoadConfig(kind="concurrency", levels=[concurrency], duration_s=duration, warmup_s=1.0, drain_s=10, max_requests=10**6),
+        cluster=ClusterConfig(workers=workers, num_cpus=2, worker_cpus=0.5),
+        progress=False,
+    )
+    srv0 = sum(proc_cpu_s(p) for p in server_pids)
+    stop = threading.Event()
+    rss: dict = {}
+    sampler = threading.Thread(target=sample_worker_rss, args=(run_dir, stop, rss), daemon=True)
+    sampler.start()
+    t0 = time.monotonic()
+    meta = run(cfg, run_dir)
+    wall = time.monotonic() - t0
+    stop.set()
+    level = meta["levels"][0]
+    srv_cpu = sum(proc_cpu_s(p) for p in server_pids) - srv0
+    recs = read_records(run_dir)
+    ok = recs.filter(np.array(recs.column("status").to_pylist()) == "ok")
+    streamed = int(np.sum(ok.column("output_tokens").to_numpy()))
+    worker_cpu = sum(w["cpu_s"] for w in level["workers"])
+    driver_cpu = level["driver_cpu_s"]
+    span = (level["end_ns"] - level["start_ns"]) / 1e9
+    ttft = (np.array(ok.column("first_token_ns").to_pylist()) - np.array(ok.column("sent_ns").to_pylist())) / 1e6
+    # TTFT error against the server's own write time of the first token.
+    for p in procs:
+        p.terminate()
+        p.join(10)
+    written = read_truth(truth)
+    ids = ok.column("request_id").to_pylist()
+    first = ok.column("first_token_ns").to_pylist()
+    err = np.array([(f - written[i]) / 1e6 for i, f in zip(ids, first) if i in written])
+    shutil.rmtree(run_dir, ignore_errors=True)
+    peak = [max(v) for v in rss.values() if v]
+    return {
+        "concurrency": concurrency,
+        "workers": workers,
+        "requests": ok.num_rows,
+        "errors": recs.num_rows - ok.num_rows,
+        "tokens": streamed,
+        "tokens_per_s": streamed / span,
+        "loadgen_cpu_s": worker_cpu + driver_cpu,
+        "tokens_per_cpu_s": streamed / max(worker_cpu + driver_cpu, 1e-9),
+        "worker_cpu_pct": 100 * worker_cpu / span / workers,
+        "server_cpu_pct": 100 * srv_cpu / span,
+        "ttft_p50_ms": float(np.median(ttft)),
+        "ttft_p99_ms": float(np.percentile(ttft, 99)),
+        "loop_lag_p99_ms": max(w["loop_lag_ms_p99"] for w in level["workers"]),
+        "worker_rss_mb": float(np.mean(peak)) if peak else float("nan"),
+        "wall_s": wall,
+        "ttft_err_p50_ms": float(np.median(err)) if err.size else float("nan"),
+        "ttft_err_p99_ms": float(np.percentile(err, 99)) if err.size else float("nan"),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[32, 256, 1024])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds of sending per case")
+    ap.add_argument("--tokens", type=int, default=64, help="output tokens per request")
+    ap.add_argument("--ttft-ms", type=float, default=50.0)
+    ap.add_argument("--itl-ms", type=float, default=10.0)
+    ap.add_argument("--server-procs", type=int, default=1)
+    ap.add_argument("--port", type=int, default=18555)
+    args = ap.parse_args()
+
+    rows = []
+    for workers in args.workers:
+        for c in args.concurrency:
+            r = one_case(args, c, workers)
+            rows.append(r)
+            print(
+                f"workers={workers} concurrency={c}: {r['tokens']} tokens, {r['tokens_per_s']:.0f} tok/s, "
+                f"{r['tokens_per_cpu_s']:.0f} tok per loadgen CPU-s (worker CPU {r['worker_cpu_pct']:.0f}%/worker, "
+                f"server CPU {r['server_cpu_pct']:.0f}%), TTFT p50 {r['ttft_p50_ms']:.1f} ms p99 {r['ttft_p99_ms']:.1f} ms "
+                f"(error vs server write time p50 {r['ttft_err_p50_ms']:.2f} ms p99 {r['ttft_err_p99_ms']:.2f} ms), "
+                f"loop lag p99 {r['loop_lag_p99_ms']:.1f} ms, errors {r['errors']}",
+                flush=True,
+            )
+    print()
+    print(f"{'workers':>7} {'conc':>6} {'tok/s':>8} {'tok/CPU-s':>10} {'wrk CPU%':>8} {'srv CPU%':>8} {'err p50':>8} {'err p99':>8} {'lag p99':>8} {'RSS MB':>7} {'KB/stream':>9}  saturated")
+    base_rss = {}
+    for r in rows:
+        base_rss.setdefault(r["workers"], r)
+    for r in rows:
+        b = base_rss[r["workers"]]
+        per_stream = (r["worker_rss_mb"] - b["worker_rss_mb"]) * 1024 / max(1, (r["concurrency"] - b["concurrency"]) / r["workers"]) if r is not b else float("nan")
+        side = "server" if r["server_cpu_pct"] > 85 * args.server_procs else ("loadgen" if r["worker_cpu_pct"] > 85 else "neither")
+        print(
+            f"{r['workers']:>7} {r['concurrency']:>6} {r['tokens_per_s']:>8.0f} {r['tokens_per_cpu_s']:>10.0f} {r['worker_cpu_pct']:>8.0f} "
+            f"{r['server_cpu_pct']:>8.0f} {r['ttft_err_p50_ms']:>8.2f} {r['ttft_err_p99_ms']:>8.2f} {r['loop_lag_p99_ms']:>8.1f} "
+            f"{r['worker_rss_mb']:>7.0f} {per_stream:>9.1f}  {side}"
+        )
+
+
+if __name__ == "__main__":
+    main()
