@@ -82,8 +82,13 @@ def test_throughput_plateaus_at_capacity(profile, prompt, output):
 
 def test_capacity_by_hand():
     profile = SimProfile(
-        max_num_seqs=10, max_num_batched_tokens=100, kv_cache_tokens=10_000, block_size=16,
-        step_base_ms=10.0, step_per_seq_ms=0.0, step_per_prefill_token_ms=0.0,
+        max_num_seqs=10,
+        max_num_batched_tokens=100,
+        kv_cache_tokens=10_000,
+        block_size=16,
+        step_base_ms=10.0,
+        step_per_seq_ms=0.0,
+        step_per_prefill_token_ms=0.0,
     )
     # a request holds its slot 1 prefill step + 10 decode steps; 10 slots -> 10/11 requests per 10 ms step
     cap = capacity(profile, 1, 11)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
+import os
+import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from contextlib import asynccontextmanager
@@ -79,7 +82,9 @@ def texts(evs: list[Any]) -> list[str]:
     return found
 
 
-async def post(session: aiohttp.ClientSession, api: str, body: dict[str, Any], **headers: str) -> tuple[aiohttp.ClientResponse, bytes]:
+async def post(
+    session: aiohttp.ClientSession, api: str, body: dict[str, Any], **headers: str
+) -> tuple[aiohttp.ClientResponse, bytes]:
     async with session.post(f"v1/{api}", json=body, headers=headers) as resp:
         return resp, await resp.read()
 
@@ -90,8 +95,13 @@ async def post(session: aiohttp.ClientSession, api: str, body: dict[str, Any], *
 def test_streaming_completion_with_usage():
     async def main() -> tuple[aiohttp.ClientResponse, bytes]:
         async with serve() as (_, session):
-            body = {"prompt": "one two  three\nfour", "max_tokens": 5, "ignore_eos": True, "stream": True,
-                    "stream_options": {"include_usage": True}}
+            body = {
+                "prompt": "one two  three\nfour",
+                "max_tokens": 5,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
             return await post(session, "completions", body, **{"X-Request-Id": "req-1"})
 
     resp, raw = run(main())
@@ -111,10 +121,17 @@ def test_streaming_completion_with_usage():
 def test_streaming_chat_opens_with_a_role_chunk():
     async def main() -> bytes:
         async with serve() as (_, session):
-            body = {"model": "sim-test", "max_tokens": 3, "ignore_eos": True, "stream": True,
-                    "stream_options": {"include_usage": True},
-                    "messages": [{"role": "system", "content": "be brief"},
-                                 {"role": "user", "content": [{"type": "text", "text": "hello there you"}]}]}
+            body = {
+                "model": "sim-test",
+                "max_tokens": 3,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "messages": [
+                    {"role": "system", "content": "be brief"},
+                    {"role": "user", "content": [{"type": "text", "text": "hello there you"}]},
+                ],
+            }
             resp, raw = await post(session, "chat/completions", body)
             assert resp.status == 200
             return raw
@@ -131,7 +148,9 @@ def test_streaming_chat_opens_with_a_role_chunk():
 def test_streaming_without_usage_ends_with_done():
     async def main() -> bytes:
         async with serve() as (_, session):
-            return (await post(session, "completions", {"prompt": "x", "max_tokens": 2, "ignore_eos": True, "stream": True}))[1]
+            return (
+                await post(session, "completions", {"prompt": "x", "max_tokens": 2, "ignore_eos": True, "stream": True})
+            )[1]
 
     evs = events(run(main()))
     assert texts(evs) == [" tok"] * 2 and evs[-1] == "[DONE]"
@@ -144,7 +163,10 @@ def test_non_streaming_completion_and_chat():
             out = []
             for api, body in (
                 ("completions", {"prompt": [[5, 6, 7, 8, 9, 10]], "max_tokens": 4, "ignore_eos": True}),
-                ("chat/completions", {"messages": [{"role": "user", "content": "a b"}], "max_completion_tokens": 3, "ignore_eos": True}),
+                (
+                    "chat/completions",
+                    {"messages": [{"role": "user", "content": "a b"}], "max_completion_tokens": 3, "ignore_eos": True},
+                ),
             ):
                 resp, raw = await post(session, api, body)
                 out.append((resp.status, json.loads(raw)))
@@ -153,7 +175,12 @@ def test_non_streaming_completion_and_chat():
     (s1, comp), (s2, chat) = run(main())
     assert (s1, s2) == (200, 200)
     assert comp["id"].startswith("cmpl-") and comp["choices"][0]["text"] == " tok" * 4
-    assert comp["usage"] == {"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10, "prompt_tokens_details": {"cached_tokens": 0}}
+    assert comp["usage"] == {
+        "prompt_tokens": 6,
+        "completion_tokens": 4,
+        "total_tokens": 10,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
     assert chat["id"].startswith("chatcmpl-") and chat["object"] == "chat.completion"
     assert chat["choices"][0]["message"] == {"role": "assistant", "content": " tok" * 3}
     assert chat["choices"][0]["finish_reason"] == "length" and chat["usage"]["completion_tokens"] == 3
@@ -165,7 +192,11 @@ def test_ignore_eos_gives_exact_lengths_and_otherwise_a_seeded_early_stop():
             exact, free, again = [], [], []
             for i in range(12):
                 body = {"prompt": "p", "max_tokens": 20, "min_tokens": 5, "ignore_eos": True}
-                exact.append(json.loads((await post(session, "completions", body, **{"X-Request-Id": f"e{i}"}))[1])["usage"]["completion_tokens"])
+                exact.append(
+                    json.loads((await post(session, "completions", body, **{"X-Request-Id": f"e{i}"}))[1])["usage"][
+                        "completion_tokens"
+                    ]
+                )
                 for out in (free, again):
                     body["ignore_eos"] = False
                     data = json.loads((await post(session, "completions", body, **{"X-Request-Id": f"e{i}"}))[1])
@@ -197,7 +228,9 @@ def metric_values(text: str) -> dict[str, float]:
 
 
 def test_metrics_show_running_and_waiting_and_free_slots_of_clients_that_left():
-    profile = SimProfile(model="sim-test", max_num_seqs=2, step_base_ms=20.0, step_per_seq_ms=0.0, step_per_prefill_token_ms=0.0)
+    profile = SimProfile(
+        model="sim-test", max_num_seqs=2, step_base_ms=20.0, step_per_seq_ms=0.0, step_per_prefill_token_ms=0.0
+    )
 
     async def main() -> tuple[dict[str, float], dict[str, float]]:
         async with serve(profile) as (server, session):
@@ -212,12 +245,11 @@ def test_metrics_show_running_and_waiting_and_free_slots_of_clients_that_left():
                 if busy["vllm:num_requests_waiting"] == 3 and busy["vllm:prompt_tokens_total"] == 6:
                     break  # both running streams are past their prefill
                 await asyncio.sleep(0.02)
-            for task in waiting:
-                task.cancel()
             for stream in streams:
                 stream.close()
             for c in clients:
-                await c.close()
+                await c.close()  # the clients leave: waiting requests are dropped, running slots freed
+            await asyncio.gather(*waiting, return_exceptions=True)
             idle: dict[str, float] = {}
             for _ in range(200):
                 async with session.get("metrics") as resp:
@@ -231,8 +263,12 @@ def test_metrics_show_running_and_waiting_and_free_slots_of_clients_that_left():
     assert busy["vllm:num_requests_running"] == 2 and busy["vllm:num_requests_waiting"] == 3
     assert 0 < busy["vllm:gpu_cache_usage_perc"] <= 1
     assert busy["vllm:prompt_tokens_total"] == 6 and busy["vllm:generation_tokens_total"] >= 2
-    assert {"vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "loadgen_sim_late_steps_total",
-            "loadgen_sim_step_lag_seconds"} <= set(busy)
+    assert {
+        "vllm:prefix_cache_queries_total",
+        "vllm:prefix_cache_hits_total",
+        "loadgen_sim_late_steps_total",
+        "loadgen_sim_step_lag_seconds",
+    } <= set(busy)
     assert idle["vllm:num_requests_running"] == 0 and idle["vllm:gpu_cache_usage_perc"] == 0
 
 
@@ -285,7 +321,10 @@ def test_http10_stream_is_unframed_and_closes():
             port = int(server.url.split(":")[2].split("/")[0])
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             body = json.dumps({"prompt": "hi", "max_tokens": 3, "ignore_eos": True, "stream": True}).encode()
-            writer.write(b"POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            writer.write(
+                b"POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
             raw = await reader.read()  # to EOF: the server closes the connection
             writer.close()
             return raw
@@ -316,7 +355,10 @@ async def raw_stream(server: SimServer, body: dict[str, Any]) -> tuple[bytes, Op
     port = int(server.url.split(":")[2].split("/")[0])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     data = json.dumps(body).encode()
-    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+    writer.write(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(data), data)
+    )
     received, error = b"", None
     try:
         while not received.endswith(b"\r\n0\r\n\r\n"):
@@ -410,7 +452,9 @@ def test_fault_draws_are_seeded_per_request_id():
         faults = FaultConfig(http_error_rate=0.4, seed=seed)
         async with serve(faults=faults) as (_, session):
             return [
-                (await post(session, "completions", {"prompt": "hi", "max_tokens": 1}, **{"X-Request-Id": f"r{i}"}))[0].status
+                (await post(session, "completions", {"prompt": "hi", "max_tokens": 1}, **{"X-Request-Id": f"r{i}"}))[
+                    0
+                ].status
                 for i in range(150)
             ]
 
@@ -432,8 +476,15 @@ def test_ground_truth_has_one_consistent_row_per_request(tmp_path):
                 rid = f"s{i}"
                 body = {"prompt": "a b c d", "max_tokens": 3 + i, "ignore_eos": True, "stream": True}
                 async with session.post("v1/completions", json=body, headers={"X-Request-Id": rid}) as resp:
-                    seen[rid] = [now_ns() async for line in resp.content if line.startswith(b"data: ") and b" tok" in line]
-            await post(session, "chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}, **{"X-Request-Id": "n0"})
+                    seen[rid] = [
+                        now_ns() async for line in resp.content if line.startswith(b"data: ") and b" tok" in line
+                    ]
+            await post(
+                session,
+                "chat/completions",
+                {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2},
+                **{"X-Request-Id": "n0"},
+            )
             await post(session, "completions", {"prompt": ""}, **{"X-Request-Id": "bad"})
         return seen
 
@@ -445,7 +496,11 @@ def test_ground_truth_has_one_consistent_row_per_request(tmp_path):
         assert row["status"] == "ok" and row["output_tokens"] == len(client_times) == int(rid[1:]) + 3
         assert row["response_id"] == f"cmpl-{rid}" and row["prompt_tokens"] == 4
         times = row["token_ns"]
-        assert row["arrival_ns"] < row["first_token_ns"] == times[0] and times == sorted(times) and times[-1] <= row["end_ns"]
+        assert (
+            row["arrival_ns"] < row["first_token_ns"] == times[0]
+            and times == sorted(times)
+            and times[-1] <= row["end_ns"]
+        )
         # the client (same process, same clock) reads each token after the server wrote it
         assert all(c >= s for c, s in zip(client_times, times))
         # one 2 ms engine step per token on absolute deadlines: the last token never comes early
@@ -458,7 +513,10 @@ def test_ground_truth_records_faults(tmp_path):
     path = tmp_path / "gt.parquet"
 
     async def main() -> None:
-        async with serve(faults=FaultConfig(reset_rate=1.0, reset_after_tokens=2), ground_truth=str(path)) as (server, _):
+        async with serve(faults=FaultConfig(reset_rate=1.0, reset_after_tokens=2), ground_truth=str(path)) as (
+            server,
+            _,
+        ):
             await raw_stream(server, STREAM)
 
     run(main())
@@ -472,11 +530,12 @@ def test_ground_truth_records_faults(tmp_path):
 def test_start_sim_runs_a_child_and_stops_it_cleanly(tmp_path):
     truth = tmp_path / "gt.parquet"
     with start_sim(FAST, ground_truth=str(truth)) as sim:
-        assert sim.url.startswith("http://127.0.0.1:") and sim.url.endswith("/v1")
+        assert sim.url.startswith("http://127.0.0.1:") and sim.url.endswith("/v1") and sim.profile is FAST
         with urllib.request.urlopen(sim.url + "/models", timeout=10) as resp:
             assert json.load(resp)["data"][0]["id"] == "sim-test"
         request = urllib.request.Request(
-            sim.url + "/completions", data=json.dumps({"prompt": "a b", "max_tokens": 3}).encode(),
+            sim.url + "/completions",
+            data=json.dumps({"prompt": "a b", "max_tokens": 3}).encode(),
             headers={"Content-Type": "application/json", "X-Request-Id": "child-1"},
         )
         with urllib.request.urlopen(request, timeout=10) as resp:
@@ -488,10 +547,48 @@ def test_start_sim_runs_a_child_and_stops_it_cleanly(tmp_path):
     assert pq.read_table(truth).column("request_id").to_pylist() == ["child-1"]
 
 
+def test_start_sim_child_exits_when_its_parent_dies():
+    script = (
+        "import os, sys\n"
+        "from loadgen.config import SimProfile\n"
+        "from loadgen.sim.process import start_sim\n"
+        "print(start_sim(SimProfile()).pid, flush=True)\n"
+        "os._exit(0)\n"  # no stop(): the runner was killed
+    )
+    env = {**os.environ, "PYTHONPATH": str(conf_dir().parent)}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    pid = int(out.stdout.strip())
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        assert not _alive(pid)
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_cli_loads_a_shipped_profile_with_overrides():
     assert (conf_dir() / "target" / "sim.yaml").is_file()
-    _, profile, faults = configure(["--port", "0", "--profile", "sim-70b", "--sim.max_num_seqs=7",
-                                    "--fault.http_error_rate=0.5", "--fault.http_error_status=429"])
+    _, profile, faults = configure(
+        [
+            "--port",
+            "0",
+            "--profile",
+            "sim-70b",
+            "--sim.max_num_seqs=7",
+            "--fault.http_error_rate=0.5",
+            "--fault.http_error_status=429",
+        ]
+    )
     assert profile.name == "llama3.1-70b-8xh100" and profile.max_num_seqs == 7
     assert (faults.http_error_rate, faults.http_error_status) == (0.5, 429)
     _, default, _ = configure(["--port", "0"])

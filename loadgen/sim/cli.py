@@ -12,9 +12,10 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional, Sequence, TypeVar, get_type_hints
 
@@ -59,12 +60,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--port", type=int, required=True, help="TCP port (0: any free port)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--profile", default="sim", help="profile name in conf/target/ or a YAML path (default: %(default)s)")
+    parser.add_argument(
+        "--profile", default="sim", help="profile name in conf/target/ or a YAML path (default: %(default)s)"
+    )
     parser.add_argument("--profile-json", help="the whole SimProfile as JSON (replaces --profile)")
     parser.add_argument("--faults-json", help="the whole FaultConfig as JSON")
     parser.add_argument("--ground-truth", metavar="FILE.parquet", help="write each request's server-side timings here")
-    parser.add_argument("--late-threshold-ms", type=float, default=5.0, help="a step this late is counted as late (default: %(default)s)")
+    parser.add_argument(
+        "--late-threshold-ms",
+        type=float,
+        default=5.0,
+        help="a step this late is counted as late (default: %(default)s)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level on stderr (default: %(default)s)")
+    parser.add_argument(
+        "--exit-with-parent", action="store_true", help="stop when the parent process goes away (used by start_sim)"
+    )
     return parser
 
 
@@ -87,7 +98,9 @@ def _load_yaml(profile: str) -> dict[str, Any]:
     if path.suffix not in (".yaml", ".yml"):
         path = conf_dir() / "target" / f"{profile}.yaml"
     if not path.is_file():
-        raise ConfigError(f"simulator profile '{profile}' not found ({path}); shipped: {', '.join(shipped_profiles())}.")
+        raise ConfigError(
+            f"simulator profile '{profile}' not found ({path}); shipped: {', '.join(shipped_profiles())}."
+        )
     data = _read_yaml(path)
     if not isinstance(data, dict) or data.get("kind", "sim") != "sim":
         raise ConfigError(f"{path} is not a simulator profile (expected a mapping with kind: sim and a sim: block).")
@@ -98,7 +111,7 @@ def _build(cls: type[T], base: dict[str, Any], where: str) -> T:
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), base))  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"{where}: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+        raise ConfigError(f"{where}: {str(exc).splitlines()[0]}") from None
 
 
 def _override(obj: T, key: str, text: str, flag: str) -> None:
@@ -128,7 +141,11 @@ def configure(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace,
     args, rest = parser.parse_known_args(argv)
     try:
         data = {} if args.profile_json else _load_yaml(args.profile)
-        profile_data = json.loads(args.profile_json) if args.profile_json else data.get("sim", data)
+        if args.profile_json:
+            profile_data = json.loads(args.profile_json)
+        else:
+            # a conf/target/ option holds the profile under `sim:`; a bare profile file is the profile itself
+            profile_data = data.get("sim", {}) if "kind" in data else data
         fault_data = json.loads(args.faults_json) if args.faults_json else data.get("faults") or {}
         profile = _build(SimProfile, profile_data, f"profile {args.profile}")
         faults = _build(FaultConfig, fault_data, "faults")
@@ -141,6 +158,14 @@ def configure(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace,
         return args, check_profile(profile), check_faults(faults)
     except (ConfigError, json.JSONDecodeError) as exc:
         parser.error(str(exc))
+
+
+async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
+    """Set ``stop`` once the parent has gone (we are re-parented), so a killed runner leaks no server."""
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    log.warning("parent process %d has gone; stopping", parent)
+    stop.set()
 
 
 async def _serve(args: argparse.Namespace, profile: SimProfile, faults: FaultConfig) -> int:
@@ -161,32 +186,48 @@ async def _serve(args: argparse.Namespace, profile: SimProfile, faults: FaultCon
     log.info(
         "profile %s: model %s, max_num_seqs %d, step %.2f ms + %.3f ms/seq + %.4f ms/prefill token; "
         "capacity at the default %d in / %d out tokens: %.1f req/s, %.0f output tok/s",
-        profile.name, profile.model, profile.max_num_seqs, profile.step_base_ms, profile.step_per_seq_ms,
-        profile.step_per_prefill_token_ms, tokens_in, tokens_out, cap.requests_per_s, cap.output_tokens_per_s,
+        profile.name,
+        profile.model,
+        profile.max_num_seqs,
+        profile.step_base_ms,
+        profile.step_per_seq_ms,
+        profile.step_per_prefill_token_ms,
+        tokens_in,
+        tokens_out,
+        cap.requests_per_s,
+        cap.output_tokens_per_s,
     )
+    if args.exit_with_parent:
+        loop.create_task(_watch_parent(os.getppid(), stop))
     await stop.wait()
     log.info("stopping")
     await server.close()
     return 0
 
 
+def _raise_open_file_limit() -> None:
+    """Thousands of concurrent streams need thousands of sockets: lift the soft limit to the hard one."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``loadgen-sim`` console script."""
     args, profile, faults = configure(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    _raise_open_file_limit()
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
+    )
     try:
         import uvloop
     except ImportError:
         return asyncio.run(_serve(args, profile, faults))
     return uvloop.run(_serve(args, profile, faults))
-
-
-def profile_args(profile: SimProfile, faults: Optional[FaultConfig] = None) -> list[str]:
-    """Command-line arguments that make ``loadgen-sim`` use exactly this profile (and faults)."""
-    out = ["--profile-json", json.dumps(asdict(profile))]
-    if faults is not None:
-        out += ["--faults-json", json.dumps(asdict(faults))]
-    return out
 
 
 if __name__ == "__main__":

@@ -100,7 +100,10 @@ def check_profile(profile: SimProfile) -> SimProfile:
         if not getattr(profile, key) >= 0:
             fail(key, "a non-negative number of milliseconds")
     if profile.max_num_batched_tokens < profile.max_num_seqs:
-        fail("max_num_batched_tokens", "at least target.sim.max_num_seqs (each running sequence decodes a token per step)")
+        fail(
+            "max_num_batched_tokens",
+            "at least target.sim.max_num_seqs (each running sequence decodes a token per step)",
+        )
     if profile.kv_cache_tokens < profile.block_size:
         fail("kv_cache_tokens", "at least one block (target.sim.block_size tokens)")
     return profile
@@ -474,7 +477,9 @@ class _Recorder:
         return True
 
 
-def simulate(profile: SimProfile, requests: Iterable[tuple[float, Seq]], *, max_steps: int = 10_000_000) -> list[Timing]:
+def simulate(
+    profile: SimProfile, requests: Iterable[tuple[float, Seq]], *, max_steps: int = 10_000_000
+) -> list[Timing]:
     """Run (arrival time in s, sequence) pairs through a fresh engine on a virtual clock; timings in input order.
 
     The schedule is the one ``EngineLoop`` follows in real time, without sleeping:

@@ -35,14 +35,14 @@ class FaultPlan:
 
     def events(self) -> list[tuple[int, int, str]]:
         """(tokens written, order, kind) of the in-stream faults, latest first (pop from the end)."""
-        found = [
-            (after, order, kind)
-            for order, (kind, after) in enumerate(
-                (("garbage", self.garbage_after), ("stall", self.stall_after), ("reset", self.reset_after), ("truncate", self.truncate_after))
-            )
-            if after is not None
-        ]
-        return sorted(found, reverse=True)
+        in_stream = (
+            ("garbage", self.garbage_after),
+            ("stall", self.stall_after),
+            ("reset", self.reset_after),
+            ("truncate", self.truncate_after),
+        )
+        due = [(after, order, kind) for order, (kind, after) in enumerate(in_stream) if after is not None]
+        return sorted(due, reverse=True)
 
 
 def check_faults(cfg: FaultConfig) -> FaultConfig:

@@ -184,23 +184,29 @@ class Encoder:
         """Wrap bytes as one HTTP/1.1 chunk (the writes bypass aiohttp's own framing)."""
         return b"%x\r\n%s\r\n" % (len(data), data) if self._framed else data
 
-    def tokens(self, n: int, finish: Optional[str] = None) -> bytes:
-        """An event carrying ``n`` tokens; ``finish`` is the finish_reason of the last one."""
+    def _event_data(self, n: int, finish: Optional[str]) -> bytes:
         reason = b'"%s"' % finish.encode() if finish else b"null"
-        text = (TOKEN_TEXT * n).encode()
-        return self.frame(self._event % (self._id, self._created, self._model, text, reason))
+        return self._event % (self._id, self._created, self._model, (TOKEN_TEXT * n).encode(), reason)
+
+    def tokens(self, n: int) -> bytes:
+        """An event carrying ``n`` tokens."""
+        return self.frame(self._event_data(n, None))
 
     def role(self) -> bytes:
         """The chat stream's opening event: the assistant role and no text, as vLLM sends it."""
         return self.frame(_ROLE_EVENT % (self._id, self._created, self._model))
 
     def final(self, n: int, finish: str, usage: Optional[tuple[int, int, int]]) -> bytes:
-        """The last tokens, the usage event when asked ((prompt, completion, cached) tokens), and [DONE]."""
-        data = self._event % (self._id, self._created, self._model, (TOKEN_TEXT * n).encode(), b'"%s"' % finish.encode())
+        """The last ``n`` tokens with their finish_reason, the usage event if asked, and [DONE].
+
+        ``usage`` is (prompt, completion, cached) tokens.
+        """
+        data = self._event_data(n, finish)
         if usage is not None:
             prompt, completion, cached = usage
             kind = b"chat.completion.chunk" if self.api == "chat" else b"text_completion"
-            data += _USAGE_EVENT % (self._id, kind, self._created, self._model, prompt, prompt + completion, completion, cached)
+            total = prompt + completion
+            data += _USAGE_EVENT % (self._id, kind, self._created, self._model, prompt, total, completion, cached)
         return self.frame(data + DONE)
 
     def garbage(self) -> bytes:

@@ -4,10 +4,12 @@ Input: a ``SimProfile`` (and optionally faults and a ground-truth path). Output:
 a running ``python -m loadgen.sim.cli --port 0`` child whose base URL is known
 and whose /health answers; ``SimProcess.stop`` ends it with SIGTERM (the
 ground truth is then closed under its final name), then SIGKILL if it hangs.
+The child stops by itself if this process dies without stopping it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import signal
@@ -17,12 +19,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Optional
 
 import loadgen
 from loadgen.config import FaultConfig, SimProfile
-from loadgen.sim.cli import profile_args
 
 _BANNER = "loadgen-sim listening on "
 
@@ -32,12 +34,13 @@ class SimStartError(RuntimeError):
 
 
 class SimProcess:
-    """A simulator child process: ``.url`` (ending in /v1), ``.pid``, ``.stop()``; a context manager."""
+    """A simulator child process: ``.url`` (ending in /v1), ``.pid``, ``.profile``, ``.stop()``; a context manager."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], url: str, stderr: IO[bytes]) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, profile: SimProfile, stderr: IO[bytes]) -> None:
         self.proc = proc
         self.url = url
         self.pid = proc.pid
+        self.profile = profile
         self._stderr = stderr
 
     @property
@@ -112,6 +115,14 @@ def _wait_healthy(url: str, deadline: float) -> bool:
     return False
 
 
+def profile_args(profile: SimProfile, faults: Optional[FaultConfig] = None) -> list[str]:
+    """``loadgen-sim`` arguments that make it use exactly this profile (and faults)."""
+    args = ["--profile-json", json.dumps(asdict(profile))]
+    if faults is not None:
+        args += ["--faults-json", json.dumps(asdict(faults))]
+    return args
+
+
 def start_sim(
     profile: SimProfile,
     faults: Optional[FaultConfig] = None,
@@ -127,7 +138,8 @@ def start_sim(
     The child's log (stderr) goes to ``log_path`` if given, else to a temporary
     file; either way its tail is in the SimStartError raised when it fails to start.
     """
-    cmd = [sys.executable, "-m", "loadgen.sim.cli", "--host", host, "--port", str(port), *profile_args(profile, faults)]
+    cmd = [sys.executable, "-m", "loadgen.sim.cli", "--host", host, "--port", str(port), "--exit-with-parent"]
+    cmd += profile_args(profile, faults)
     if ground_truth:
         cmd += ["--ground-truth", ground_truth]
     env = dict(os.environ)
@@ -135,8 +147,11 @@ def start_sim(
     root = str(Path(loadgen.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     stderr: IO[bytes] = open(log_path, "w+b") if log_path else tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, env=env)
-    sim = SimProcess(proc, "", stderr)
+    # its own session: a Ctrl-C meant for the runner does not cut the streams the runner is draining
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+    )
+    sim = SimProcess(proc, "", profile, stderr)
     deadline = time.monotonic() + timeout
     banner = _read_banner(proc, deadline)
     if banner is None or not banner.startswith(_BANNER):

@@ -45,7 +45,7 @@ _NEVER = 1 << 62
 
 
 def output_length(request_id: str, req: GenRequest) -> int:
-    """Tokens to generate: max_tokens with ignore_eos, else an EOS drawn uniformly in [max(min_tokens, 1), max_tokens]."""
+    """Tokens to generate: max_tokens with ignore_eos, else a seeded EOS in [max(min_tokens, 1), max_tokens]."""
     if req.ignore_eos:
         return req.max_tokens
     return random.Random(f"eos:{request_id}").randint(max(req.min_tokens, 1), req.max_tokens)
@@ -62,15 +62,32 @@ def _reset(transport: asyncio.BaseTransport) -> None:
     transport.abort()
 
 
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the engine loop crashed; the simulator no longer generates", exc_info=task.exception())
+
+
 class _Response:
     """One in-flight generation: the engine's sink for its tokens, and its ground-truth row."""
 
     __slots__ = (
-        "request_id", "encoder", "req", "plan", "seq", "transport", "done",
-        "written", "token_ns", "body_ns", "end_ns", "status",
+        "request_id",
+        "encoder",
+        "req",
+        "plan",
+        "seq",
+        "transport",
+        "done",
+        "written",
+        "token_ns",
+        "body_ns",
+        "end_ns",
+        "status",
     )
 
-    def __init__(self, request_id: str, encoder: Encoder, req: GenRequest, plan: Optional[FaultPlan], seq: Seq, truth: bool) -> None:
+    def __init__(
+        self, request_id: str, encoder: Encoder, req: GenRequest, plan: Optional[FaultPlan], seq: Seq, truth: bool
+    ) -> None:
         self.request_id = request_id
         self.encoder = encoder
         self.req = req
@@ -153,7 +170,9 @@ class _Stream(_Response):
         enc = self.encoder
         if last:
             finish = "length" if self.seq.output_tokens >= self.req.max_tokens else "stop"
-            usage = (self.req.prompt_tokens, self.written + n, self.seq.cached_tokens) if self.req.include_usage else None
+            usage = (
+                (self.req.prompt_tokens, self.written + n, self.seq.cached_tokens) if self.req.include_usage else None
+            )
             data = enc.final(n, finish, usage)
         else:
             data = enc.chunk if n == enc.k else enc.tokens(n)
@@ -290,6 +309,7 @@ class SimServer:
             self.truth = GroundTruthWriter(self._truth_path)
             self.truth.start()
         self._task = asyncio.get_running_loop().create_task(self.engine_loop.run())
+        self._task.add_done_callback(_report_crash)
 
     async def _on_shutdown(self, app: web.Application) -> None:
         for response in list(self._open):
@@ -375,13 +395,18 @@ class SimServer:
             if self.truth is not None:
                 self.truth.add(response.row(arrival_ns))
 
-    async def _stream(self, request: web.Request, response: _Stream, headers: dict[str, str], framed: bool) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, response: _Stream, headers: dict[str, str], framed: bool
+    ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         if framed:
             resp.enable_chunked_encoding()
         await resp.prepare(request)
         # aiohttp has sent the headers; from here on the events go straight to the transport, in order
         response.transport = request.transport
+        if response.transport is None or response.transport.is_closing():
+            response.finish("disconnected")
+            return resp
         if response.req.api == "chat":
             response.transport.write(response.encoder.role())
         if response.next_event > 0 or response.inject():
@@ -396,7 +421,9 @@ class SimServer:
         self.engine_loop.submit(response.seq)
         status = await response.done
         if status == "shutdown":
-            return web.json_response(RequestError("the simulator is shutting down", status=503).body(), status=503, headers=headers)
+            return web.json_response(
+                RequestError("the simulator is shutting down", status=503).body(), status=503, headers=headers
+            )
         if status != "ok":
             return web.Response(status=499, headers=headers)  # the client has gone; nobody reads this
         seq, req, plan = response.seq, response.req, response.plan or FaultPlan()
@@ -407,7 +434,9 @@ class SimServer:
             response.status, response.end_ns = "reset", now_ns()
             return web.Response(status=499, headers=headers)
         finish = "length" if seq.output_tokens >= req.max_tokens else "stop"
-        body = json.dumps(response.encoder.body(self.profile.model, seq.output_tokens, finish, req.prompt_tokens, seq.cached_tokens)).encode()
+        body = json.dumps(
+            response.encoder.body(self.profile.model, seq.output_tokens, finish, req.prompt_tokens, seq.cached_tokens)
+        ).encode()
         if plan.garbage_after is not None:
             body = body[: len(body) // 2] + b"\xff"
         resp = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
@@ -445,6 +474,29 @@ class SimServer:
         return resp
 
 
+#: (family, name, help, Engine attribute) of the vLLM-named metrics, labelled with model_name.
+_ENGINE_METRICS = (
+    (GaugeMetricFamily, "vllm:num_requests_running", "Number of requests in model execution batches.", "num_running"),
+    (GaugeMetricFamily, "vllm:num_requests_waiting", "Number of requests waiting to be processed.", "num_waiting"),
+    (GaugeMetricFamily, "vllm:gpu_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", "kv_usage"),
+    (GaugeMetricFamily, "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", "kv_usage"),
+    (CounterMetricFamily, "vllm:prompt_tokens", "Number of prefill tokens processed.", "prompt_tokens_total"),
+    (
+        CounterMetricFamily,
+        "vllm:generation_tokens",
+        "Number of generation tokens processed.",
+        "generation_tokens_total",
+    ),
+    (
+        CounterMetricFamily,
+        "vllm:prefix_cache_queries",
+        "Prefix cache queries, in prompt tokens.",
+        "cache_queries_total",
+    ),
+    (CounterMetricFamily, "vllm:prefix_cache_hits", "Prefix cache hits, in prompt tokens.", "cache_hits_total"),
+)
+
+
 class _Metrics:
     """Reads the engine's state when /metrics is scraped (nothing is updated per step)."""
 
@@ -452,22 +504,12 @@ class _Metrics:
         self.server = server
 
     def collect(self) -> Iterator[Metric]:
-        """vLLM-named engine metrics (labelled with model_name), then the simulator's own."""
+        """The vLLM-named engine metrics, then the simulator's own."""
         server = self.server
         engine, loop = server.engine, server.engine_loop
-        model = [server.profile.model]
-        for family, name, doc, value in (
-            (GaugeMetricFamily, "vllm:num_requests_running", "Number of requests in model execution batches.", engine.num_running),
-            (GaugeMetricFamily, "vllm:num_requests_waiting", "Number of requests waiting to be processed.", engine.num_waiting),
-            (GaugeMetricFamily, "vllm:gpu_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", engine.kv_usage),
-            (GaugeMetricFamily, "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", engine.kv_usage),
-            (CounterMetricFamily, "vllm:prompt_tokens", "Number of prefill tokens processed.", engine.prompt_tokens_total),
-            (CounterMetricFamily, "vllm:generation_tokens", "Number of generation tokens processed.", engine.generation_tokens_total),
-            (CounterMetricFamily, "vllm:prefix_cache_queries", "Prefix cache queries, in prompt tokens.", engine.cache_queries_total),
-            (CounterMetricFamily, "vllm:prefix_cache_hits", "Prefix cache hits, in prompt tokens.", engine.cache_hits_total),
-        ):
+        for family, name, doc, attribute in _ENGINE_METRICS:
             metric = family(name, doc, labels=["model_name"])
-            metric.add_metric(model, value)
+            metric.add_metric([server.profile.model], getattr(engine, attribute))
             yield metric
         yield CounterMetricFamily("loadgen_sim_steps", "Engine steps run.", value=engine.steps)
         yield CounterMetricFamily(
@@ -477,6 +519,10 @@ class _Metrics:
             value=loop.late_steps,
         )
         yield GaugeMetricFamily(
-            "loadgen_sim_step_lag_seconds", "Worst lag of a step behind its deadline over about the last second.", value=loop.recent_lag_s
+            "loadgen_sim_step_lag_seconds",
+            "Worst lag of a step behind its deadline over about the last second.",
+            value=loop.recent_lag_s,
         )
-        yield GaugeMetricFamily("loadgen_sim_open_responses", "Generation responses in progress.", value=len(server._open))
+        yield GaugeMetricFamily(
+            "loadgen_sim_open_responses", "Generation responses in progress.", value=len(server._open)
+        )

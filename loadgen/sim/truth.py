@@ -46,7 +46,6 @@ class GroundTruthWriter:
         self.path = os.path.abspath(path)
         self.flush_interval_s = flush_interval_s
         self.flush_rows = flush_rows
-        self.rows = 0
         directory, name = os.path.split(self.path)
         os.makedirs(directory, exist_ok=True)
         self._tmp = os.path.join(directory, f".{name}.tmp")
@@ -60,7 +59,6 @@ class GroundTruthWriter:
         """Buffer one request's row (missing fields are null)."""
         for name, column in self._columns.items():
             column.append(row.get(name))
-        self.rows += 1
         if len(self._columns["request_id"]) >= self.flush_rows:
             self._flush_soon()
 
