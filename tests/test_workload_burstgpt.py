@@ -92,7 +92,8 @@ def test_session_column_makes_ordered_multi_turn_sessions(tmp_path):
     )
     w = load(WorkloadConfig(kind="burstgpt", path=str(path)))
     t = w.table.to_pylist()
-    assert [r["request_id"] for r in t] == ["s000000-t0", "s000000-t1", "s000000-t2", "r000001", "s000001-t0"]
+    # The row without a session id becomes a one-turn session of its own.
+    assert [r["request_id"] for r in t] == ["s000000-t0", "s000000-t1", "s000000-t2", "s000001-t0", "s000002-t0"]
     assert [r["arrival_s"] for r in t] == [0.0, None, None, 1.0, 20.0]
     a0, a1, a2 = t[0], t[1], t[2]
     assert a1["messages"][:1] == a0["messages"]

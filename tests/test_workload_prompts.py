@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from loadgen.workload import WorkloadError
+from loadgen.config import LengthDist, WorkloadConfig
+from loadgen.workload import WorkloadError, load
 from loadgen.workload.prompts import WORDS, Synthesizer, synthesize
 
 
@@ -107,3 +108,11 @@ def test_missing_tokenizer_file_is_a_clear_error(tmp_path):
     pytest.importorskip("tokenizers")
     with pytest.raises(WorkloadError, match="workload.tokenizer: no such file"):
         Synthesizer(0, tokenizer=str(tmp_path / "nope.json"))
+
+
+def test_workload_tokenizer_makes_request_prompts_exact(tokenizer_json):
+    path, tok = tokenizer_json
+    cfg = WorkloadConfig(kind="synthetic", num_requests=30, input_tokens=LengthDist(dist="uniform", min=1, max=300), tokenizer=path)
+    t = load(cfg).table
+    counts = [len(tok.encode(p, add_special_tokens=False).ids) for p in t.column("prompt").to_pylist()]
+    assert counts == t.column("input_tokens").to_pylist()

@@ -124,13 +124,13 @@ def _rows(
         _read_jsonl(src, mapping, cols)
     elif fmt == "csv":
         for chunk in csv_chunks(src, csv_header(src.path)):
-            _parse(src, mapping, cols, chunk.batch, chunk.lines, lambda bad, c=chunk: c.resolve(bad, src.issues), offset=2)
+            _parse(mapping, cols, chunk.batch, chunk.lines, lambda bad, c=chunk: c.resolve(bad, src.issues), offset=2)
     else:
         start = 0
         for batch in pq.ParquetFile(src.path).iter_batches(batch_size=_BATCH, columns=list(set(mapping.values()))):
             positions = np.arange(start + 1, start + 1 + batch.num_rows, dtype=np.int64)
             src.rows_read += batch.num_rows
-            _parse(src, mapping, cols, batch, positions, lambda bad, p=positions: bad.resolve(src.issues, lambda i: int(p[i])), offset=1)
+            _parse(mapping, cols, batch, positions, lambda bad, p=positions: bad.resolve(src.issues, lambda i: int(p[i])), offset=1)
             start += batch.num_rows
     if not cols.rows:
         return
@@ -138,7 +138,6 @@ def _rows(
 
 
 def _parse(
-    src: Source,
     mapping: dict[str, str],
     cols: _Columns,
     batch: pa.RecordBatch,

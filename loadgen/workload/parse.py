@@ -25,7 +25,7 @@ INT_EXPECTED = "a non-negative integer"
 NUMBER_EXPECTED = "a finite number"
 DATETIME_EXPECTED = "a date-time such as 2023-11-16 18:17:03.9799600"
 
-_INT_RE = r"^\s*\+?\d{1,18}\s*$"
+_INT_RE = r"^\s*\d{1,18}\s*$"
 _FLOAT_RE = r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$"
 _NAIVE_RE = r"^\s*\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?\s*$"
 _AWARE_RE = r"^\s*\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)\s*$"
@@ -79,7 +79,7 @@ class _InvalidRows:
 
     def __init__(self) -> None:
         self.pending: list[tuple[int, int, int]] = []  # (line, expected fields, actual fields)
-        self.dropped: list[int] = []  # every line the parser dropped, ascending
+        self.dropped: list[int] = []  # lines the parser dropped after the last delivered row, ascending
 
     def __call__(self, row: Any) -> str:
         self.pending.append((row.number, row.expected_columns, row.actual_columns))
@@ -93,7 +93,7 @@ class _InvalidRows:
         return now
 
 
-def csv_chunks(src: Source, header: list[str], block_size: int = 1 << 22) -> Iterator[CsvChunk]:
+def csv_chunks(src: Source, header: list[str], block_size: int = 1 << 20) -> Iterator[CsvChunk]:
     """Stream a CSV file as batches of string columns with their line numbers.
 
     Blank lines are ignored (counted in ``src.blank_lines``). Rows with too few or too
@@ -101,41 +101,43 @@ def csv_chunks(src: Source, header: list[str], block_size: int = 1 << 22) -> Ite
     raises the first malformed line of the file whatever its kind.
     """
     invalid = _InvalidRows()
-    reader = pcsv.open_csv(
-        src.path,
-        read_options=pcsv.ReadOptions(use_threads=False, block_size=block_size, encoding="utf8"),
-        # Keep empty lines as rows so that row numbers map back to file lines.
-        parse_options=pcsv.ParseOptions(invalid_row_handler=invalid, ignore_empty_lines=False),
-        convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in header}),
-    )
-    seen = 0  # data rows delivered so far, dropped lines included
-    while True:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            rest = invalid.take(None)
-            if rest:
-                empty = pa.RecordBatch.from_pylist([], schema=reader.schema)
-                yield CsvChunk(empty, np.zeros(0, dtype=np.int64), rest, header)
-            return
-        except pa.ArrowInvalid as exc:
-            raise WorkloadError(f"{src.name}: cannot parse the CSV after line {seen + 1}: {exc}") from exc
-        n = batch.num_rows
-        if not n:
-            continue
-        lines = np.arange(seen + 2, seen + 2 + n, dtype=np.int64)
-        for d in invalid.dropped:  # rare: each dropped line shifts the rows after it
-            lines[lines >= d] += 1
-        seen = int(lines[-1]) - 1
-        blank = np.ones(n, dtype=bool)
-        for col in batch.columns:
-            blank &= np.asarray(pc.equal(col, ""), dtype=bool)
-        if blank.any():
-            src.blank_lines += int(blank.sum())
-            keep = ~blank
-            batch, lines = batch.filter(pa.array(keep)), lines[keep]
-        src.rows_read += batch.num_rows
-        yield CsvChunk(batch, lines, invalid.take(seen + 1), header)
+    with open(src.path, "rb") as f:  # a Python file keeps pyarrow from reading ahead through it all
+        reader = pcsv.open_csv(
+            f,
+            read_options=pcsv.ReadOptions(use_threads=False, block_size=block_size, encoding="utf8"),
+            # Keep empty lines as rows so that row numbers map back to file lines.
+            parse_options=pcsv.ParseOptions(invalid_row_handler=invalid, ignore_empty_lines=False),
+            convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in header}),
+        )
+        seen = 0  # data lines delivered so far, dropped lines included
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                rest = invalid.take(None)
+                if rest:
+                    empty = pa.RecordBatch.from_pylist([], schema=reader.schema)
+                    yield CsvChunk(empty, np.zeros(0, dtype=np.int64), rest, header)
+                return
+            except pa.ArrowInvalid as exc:
+                raise WorkloadError(f"{src.name}: cannot parse the CSV after line {seen + 1}: {exc}") from exc
+            n = batch.num_rows
+            if not n:
+                continue
+            lines = np.arange(seen + 2, seen + 2 + n, dtype=np.int64)
+            for d in invalid.dropped:  # rare: each dropped line shifts the rows after it
+                lines[lines >= d] += 1
+            seen = int(lines[-1]) - 1
+            invalid.dropped = [d for d in invalid.dropped if d > seen + 1]
+            blank = np.ones(n, dtype=bool)
+            for col in batch.columns:
+                blank &= np.asarray(pc.equal(col, ""), dtype=bool)
+            if blank.any():
+                src.blank_lines += int(blank.sum())
+                keep = ~blank
+                batch, lines = batch.filter(pa.array(keep)), lines[keep]
+            src.rows_read += batch.num_rows
+            yield CsvChunk(batch, lines, invalid.take(seen + 1), header)
 
 
 def _report_split(issues: RowIssues, header: list[str], line: int, expected: int, actual: int) -> None:
@@ -280,25 +282,39 @@ def json_array_items(src: Source, chunk_chars: int = 1 << 20) -> Iterator[tuple[
     """
     decoder = json.JSONDecoder()
     with open(src.path, encoding="utf-8-sig") as f:
-        buf = f.read(chunk_chars)
-        eof = not buf
+        buf, eof = "", False
         base_line = 1  # line number of buf[0]
+
+        def more() -> bool:
+            nonlocal buf, eof
+            chunk = f.read(chunk_chars)
+            eof = not chunk
+            buf += chunk
+            return not eof
+
+        def fail(pos: int, expected: str) -> WorkloadError:
+            while len(buf) - pos < 20 and more():
+                pass
+            found = shown(buf[pos : pos + 20]) if pos < len(buf) else "the end of the file"
+            return WorkloadError(f"{src.name} line {base_line + buf.count(chr(10), 0, pos)}: expected {expected}, got {found}")
+
+        more()
         pos = _skip_ws(buf, 0)
+        while pos >= len(buf) and more():
+            pos = _skip_ws(buf, pos)
         if pos >= len(buf) or buf[pos] != "[":
-            raise WorkloadError(f"{src.name} line {base_line + buf.count(chr(10), 0, pos)}: expected a JSON array '[', got {shown(buf[pos:pos + 20])}")
+            raise fail(pos, "a JSON array '['")
         pos += 1
         expect_item = True
         while True:
             pos = _skip_ws(buf, pos)
             if pos >= len(buf) - 1 and not eof:  # keep one char of lookahead for ']' and ','
                 base_line += buf.count("\n", 0, pos)
-                more = f.read(chunk_chars)
-                eof = not more
-                buf, pos = buf[pos:] + more, 0
+                buf, pos = buf[pos:], 0
+                more()
                 continue
-            line = base_line + buf.count("\n", 0, pos)
             if pos >= len(buf):
-                raise WorkloadError(f"{src.name} line {line}: expected ']' closing the JSON array, got the end of the file")
+                raise fail(pos, "']' closing the JSON array")
             ch = buf[pos]
             if ch == "]":
                 return
@@ -306,22 +322,20 @@ def json_array_items(src: Source, chunk_chars: int = 1 << 20) -> Iterator[tuple[
                 pos, expect_item = pos + 1, True
                 continue
             if not expect_item:
-                raise WorkloadError(f"{src.name} line {line}: expected ',' or ']' between array items, got {shown(buf[pos:pos + 20])}")
+                raise fail(pos, "',' or ']' between array items")
             while True:
                 try:
                     item, end = decoder.raw_decode(buf, pos)
-                    break
+                    if end < len(buf) or eof or not more():  # a number at the buffer's end may go on
+                        break
                 except json.JSONDecodeError as exc:
-                    if eof:
+                    if not more():
                         err_line = base_line + buf.count("\n", 0, exc.pos)
                         raise WorkloadError(
                             f"{src.name} line {err_line}: expected a complete JSON value, got invalid JSON ({exc.msg.lower()})"
                         ) from None
-                    more = f.read(chunk_chars)
-                    eof = not more
-                    buf += more
             src.rows_read += 1
-            yield line, item
+            yield base_line + buf.count("\n", 0, pos), item
             base_line += buf.count("\n", 0, end)
             buf, pos, expect_item = buf[end:], 0, False
 

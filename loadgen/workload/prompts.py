@@ -104,6 +104,7 @@ class Synthesizer:
         self.words = np.array(words, dtype=object)
         self._word_tuple = tuple(words)
         self._first_words = tuple(first)  # choices for a text's first word (no space before it)
+        self._first_index = np.array([self._word_tuple.index(w) for w in first], dtype=np.int64)
         self._key_words = math.ceil(_KEY_BITS / math.log2(len(words)))
         self._tape_idx = np.random.default_rng(_TAPE_SEED).integers(0, len(words), _TAPE_WORDS)
         self._tape = ""
@@ -158,32 +159,60 @@ class Synthesizer:
 
     def texts(self, ns: Sequence[int], keys: Sequence[str]) -> pa.Array:
         """``text(n, key)`` for many rows at once, written straight into one Arrow string buffer."""
-        pieces: list[Any] = []
-        offsets = np.zeros(len(ns) + 1, dtype=np.int64)
-        longest = max(ns, default=0)
+        count = len(ns)
+        sizes = np.asarray(ns, dtype=np.int64).reshape(count)
+        longest = int(sizes.max(initial=0))
         if longest + _TAPE_WORDS >= len(self._starts):
             self._grow(longest + _TAPE_WORDS)
+        spelled = np.empty(count, dtype=np.uint64)
+        offset = np.empty(count, dtype=np.int64)
+        for i, key in enumerate(keys):
+            a, b = _hash(self.seed, key)
+            spelled[i], offset[i] = a, b % _TAPE_WORDS
+        # The leading words spell the hash (as _head does), gathered from a padded byte table.
+        heads = np.minimum(np.maximum(sizes, 0), self._key_words)
+        digits = np.empty((count, self._key_words), dtype=np.int64)
+        digits[:, 0] = self._first_index[(spelled % np.uint64(len(self._first_words))).astype(np.int64)]
+        spelled //= np.uint64(len(self._first_words))
+        for j in range(1, self._key_words):
+            digits[:, j] = (spelled % np.uint64(len(self._word_tuple))).astype(np.int64)
+            spelled //= np.uint64(len(self._word_tuple))
+        table, lengths = self._word_bytes
+        used = np.arange(self._key_words)[None, :] < heads[:, None]
+        head_len = np.where(used, lengths[digits] + 1, 0).sum(axis=1)  # each word with its space
+        cells = table[digits]  # (rows, words, width)
+        valid = (np.arange(table.shape[1])[None, None, :] <= lengths[digits][:, :, None]) & used[:, :, None]
+        head_bytes = memoryview(cells[valid].tobytes())
+        head_end = np.cumsum(head_len).tolist()
         tape, starts = self._tape_view, self._starts_list
-        for i, (n, key) in enumerate(zip(ns, keys)):
-            size = 0
-            if n > 0:
-                head, start = self._head(n, key)
-                text = " ".join(head).encode()
-                pieces.append(text)
-                size = len(text)
-                rest = n - len(head)
-                if rest:
-                    start %= _TAPE_WORDS
-                    # The tape holds single spaces between words: take the one before the body too.
-                    pieces.append(b" ")
-                    body = tape[starts[start] : starts[start + rest] - 1]
-                    pieces.append(body)
-                    size += 1 + len(body)
-            offsets[i + 1] = offsets[i] + size
+        rest = (sizes - heads).tolist()
+        pieces: list[Any] = []
+        out_len = np.zeros(count + 1, dtype=np.int64)
+        lo = 0
+        for i, (k, hi, at) in enumerate(zip(rest, head_end, offset.tolist())):
+            if k > 0:
+                body = tape[starts[at] : starts[at + k] - 1]
+                pieces.append(head_bytes[lo:hi])
+                pieces.append(body)
+                out_len[i + 1] = hi - lo + len(body)
+            elif hi > lo:
+                pieces.append(head_bytes[lo : hi - 1])  # no body: drop the trailing space
+                out_len[i + 1] = hi - lo - 1
+            lo = hi
         data = b"".join(pieces)
+        offsets = np.cumsum(out_len)
         kind = pa.large_string() if len(data) >= 2**31 else pa.string()
         offs = offsets if kind == pa.large_string() else offsets.astype(np.int32)
-        return pa.Array.from_buffers(kind, len(ns), [None, pa.py_buffer(offs), pa.py_buffer(data)])
+        return pa.Array.from_buffers(kind, count, [None, pa.py_buffer(offs), pa.py_buffer(data)])
+
+    @functools.cached_property
+    def _word_bytes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each word's bytes followed by a space, padded to one width; and each word's length."""
+        width = max(len(w) for w in self._word_tuple) + 1
+        table = np.full((len(self._word_tuple), width), ord(" "), dtype=np.uint8)
+        for i, w in enumerate(self._word_tuple):
+            table[i, : len(w)] = np.frombuffer(w.encode(), dtype=np.uint8)
+        return table, np.array([len(w) for w in self._word_tuple], dtype=np.int64)
 
     def _cut(self, start: int, k: int) -> str:
         if start + k >= len(self._starts):

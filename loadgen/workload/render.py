@@ -8,7 +8,7 @@ token count; Mooncake rows get one shared text block per prefix-hash id.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import pyarrow as pa
@@ -74,7 +74,8 @@ def _standalone(
     synth: Synthesizer,
     cap: Optional[int],
     notes: list[str],
-) -> tuple[list[str], np.ndarray]:
+) -> tuple[Union[list[str], pa.Array], np.ndarray]:
+    """Prompts of requests outside sessions: trace text, Mooncake blocks, or synthesized text."""
     texts = rows.column("user_text")
     if texts.null_count < len(texts):
         return _real_texts(texts.to_pylist(), rid, inputs, synth, cap, notes)

@@ -59,7 +59,8 @@ def collect(src: Source, cfg: WorkloadConfig, notes: list[str]) -> pa.Table:
         table = _sample(batches, cfg.sample, cfg.seed, notes)
     else:
         table = pa.Table.from_batches(list(batches), schema=ROW_SCHEMA)
-    return table.sort_by("seq")
+    seq = table.column("seq").to_numpy()
+    return table if np.all(seq[1:] >= seq[:-1]) else table.sort_by("seq")
 
 
 def _window(
@@ -117,7 +118,8 @@ def _smallest(batches: list[pa.RecordBatch], n: int, seed: int) -> list[pa.Recor
         return batches
     table = pa.Table.from_batches(batches, schema=ROW_SCHEMA)
     units = table.column("unit").to_numpy()
-    distinct = np.unique(units)
+    distinct = np.sort(units)
+    distinct = distinct[np.r_[True, distinct[1:] != distinct[:-1]]] if len(distinct) else distinct
     if len(distinct) <= n:
         return table.combine_chunks().to_batches()
     threshold = np.partition(_keys(distinct, seed), n - 1)[n - 1]

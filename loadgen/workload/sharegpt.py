@@ -20,7 +20,7 @@ from loadgen.workload.errors import shown
 from loadgen.workload.parse import got, json_array_items, jsonl_objects
 from loadgen.workload.prompts import Synthesizer
 from loadgen.workload.synthetic import check_dist, draw_lengths
-from loadgen.workload.trace import Source, row_batch
+from loadgen.workload.trace import Source, row_batch, session_ids, turn_ids
 
 USER_ROLES = frozenset({"human", "user"})
 ASSISTANT_ROLES = frozenset({"gpt", "chatgpt", "bard", "bing", "assistant", "model"})
@@ -149,12 +149,12 @@ def _batch(
     start_of_conv = before[np.flatnonzero(turn_arr == 0)]
     conv_no = np.cumsum(turn_arr == 0) - 1
     inputs = before - start_of_conv[conv_no] + user_len
-    sessions = [f"s{c:06d}" for c in index]
+    sessions = session_ids(np.array(index, dtype=np.int64))
     return row_batch(
         len(users),
         seq=np.arange(seq, seq + len(users), dtype=np.int64),
         unit=np.array(index, dtype=np.int64),
-        request_id=[f"{s}-t{k}" for s, k in zip(sessions, turn)],
+        request_id=turn_ids(sessions, turn_arr),
         session_id=sessions,
         turn=np.array(turn, dtype=np.int32),
         input_tokens=inputs,

@@ -22,7 +22,7 @@ from loadgen.workload.errors import RowIssues
 ROW_SCHEMA = pa.schema(
     [
         pa.field("seq", pa.int64()),  # emission order: time order, a session's turns consecutive
-        pa.field("unit", pa.int64()),  # sampling unit: the source row, or the session's index
+        pa.field("unit", pa.int64()),  # sampling unit: one per request, or one per whole session
         pa.field("request_id", pa.string()),
         pa.field("arrival_s", pa.float64()),  # seconds from the source's first row; null: no times
         pa.field("session_id", pa.string()),
@@ -52,24 +52,49 @@ def row_batch(n: int, **columns: Any) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=ROW_SCHEMA)
 
 
-def request_ids(rows: np.ndarray) -> list[str]:
+def numbered(prefix: str, numbers: np.ndarray) -> pa.Array:
+    """Ids like ``r000123``: a one-letter prefix and a number of at least six digits, vectorized."""
+    numbers = np.asarray(numbers, dtype=np.int64)
+    n = len(numbers)
+    digits = np.maximum(6, np.floor(np.log10(np.maximum(numbers, 1))).astype(np.int64) + 1)
+    width = int(digits.max(initial=6))
+    matrix = np.empty((n, width + 1), dtype=np.uint8)
+    matrix[:, 0] = ord(prefix)
+    rest = numbers.copy()
+    for j in range(width, 0, -1):
+        matrix[:, j] = 48 + rest % 10
+        rest //= 10
+    col = np.arange(width + 1)
+    keep = (col == 0) | (col > width - digits[:, None])  # drop the padding beyond each id's digits
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(digits + 1, out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(matrix[keep].tobytes())])
+
+
+def request_ids(rows: np.ndarray) -> pa.Array:
     """Request ids ``r000123`` from 0-based source row numbers."""
-    return [f"r{r:06d}" for r in rows.tolist()]
+    return numbered("r", rows)
 
 
-def session_ids(index: np.ndarray) -> list[str]:
+def session_ids(index: np.ndarray) -> pa.Array:
     """Session ids ``s000012`` from 0-based session numbers."""
-    return [f"s{s:06d}" for s in index.tolist()]
+    return numbered("s", index)
+
+
+def turn_ids(sessions: pa.Array, turns: np.ndarray) -> pa.Array:
+    """Request ids ``s000012-t3`` of session turns."""
+    return pc.binary_join_element_wise(sessions, pc.cast(pa.array(turns, pa.int64()), pa.string()), "-t")
 
 
 def sessionize(table: pa.Table, keys: pa.Array, order: Optional[pa.Array] = None) -> tuple[pa.Table, int]:
-    """Group rows that share a session key into consecutive turns; rows with a null key stand alone.
+    """Group rows that share a session key into consecutive turns of one session.
 
-    ``table`` is ROW_SCHEMA in time order with ``unit`` holding each row's source row
-    number. A session's turns are ordered by ``order`` (a turn column) when given, else by
-    time; they are renumbered 0, 1, ... and all carry the session's first arrival.
-    Sessions and standalone rows are ordered by their first arrival. Returns the new
-    table and the number of sessions.
+    ``table`` is ROW_SCHEMA in time order. A session's turns are ordered by ``order``
+    (a turn column) when given, else by time; they are renumbered 0, 1, ... and all
+    carry the session's first arrival. A row with a null key becomes a one-turn session
+    of its own, so every row of the result has a session. Sessions are ordered by their
+    first arrival and numbered in that order (``s000000``; requests ``s000000-t1``).
+    Returns the new table and the number of sessions that came from keys.
     """
     n = table.num_rows
     if n == 0:
@@ -77,40 +102,32 @@ def sessionize(table: pa.Table, keys: pa.Array, order: Optional[pa.Array] = None
     pos = np.arange(n)
     key_idx = pc.dictionary_encode(keys).indices
     has_key = ~np.asarray(pc.is_null(keys), dtype=bool)
-    # A standalone row is its own group; key groups are numbered after all rows.
+    # A row without a key is its own group; key groups are numbered after all rows.
     group = np.where(has_key, n + np.asarray(key_idx.fill_null(0), dtype=np.int64), pos)
     first = np.full(group.max() + 1, n, dtype=np.int64)
     np.minimum.at(first, group, pos)
-    start = first[group]  # time position of each row's group start
+    start = first[group]  # time position of each row's session start
     within = pos if order is None else np.asarray(order.fill_null(0), dtype=np.int64)
     perm = np.lexsort((pos, within, start))
     sorted_group = group[perm]
     new_group = np.r_[True, sorted_group[1:] != sorted_group[:-1]]
-    group_no = np.cumsum(new_group) - 1
-    group_start = np.flatnonzero(new_group)
-    turn = np.arange(n) - group_start[group_no]
-    keyed = has_key[perm]
-    session_no = np.cumsum(new_group & keyed) - 1
+    session_no = np.cumsum(new_group) - 1
+    turn = pos - np.flatnonzero(new_group)[session_no]
+    sessions = session_ids(session_no)
 
     out = table.take(pa.array(perm))
     arrival = table.column("arrival_s").to_numpy(zero_copy_only=False)[start[perm]]
-    sess = session_ids(session_no)
-    rid_rows = out.column("unit").to_numpy()
-    rid = [f"{sess[i]}-t{turn[i]}" if keyed[i] else f"r{rid_rows[i]:06d}" for i in range(n)]
-    units = np.where(keyed, -1 - session_no, rid_rows)  # a session samples as one unit
-    out = (
-        out.set_column(out.schema.get_field_index("seq"), "seq", pa.array(np.arange(n), pa.int64()))
-        .set_column(out.schema.get_field_index("unit"), "unit", pa.array(units, pa.int64()))
-        .set_column(out.schema.get_field_index("request_id"), "request_id", pa.array(rid, pa.string()))
-        .set_column(out.schema.get_field_index("arrival_s"), "arrival_s", pa.array(arrival, pa.float64(), mask=np.isnan(arrival)))
-        .set_column(
-            out.schema.get_field_index("session_id"),
-            "session_id",
-            pa.array([s if k else None for s, k in zip(sess, keyed)], pa.string()),
-        )
-        .set_column(out.schema.get_field_index("turn"), "turn", pa.array(turn, pa.int32()))
-    )
-    return out, int(keyed[new_group].sum())
+    columns = {
+        "seq": pa.array(pos, pa.int64()),
+        "unit": pa.array(-1 - session_no, pa.int64()),  # a session samples as one unit
+        "request_id": turn_ids(sessions, turn),
+        "arrival_s": pa.array(arrival, pa.float64(), mask=np.isnan(arrival)),
+        "session_id": sessions,
+        "turn": pa.array(turn, pa.int32()),
+    }
+    for name, values in columns.items():
+        out = out.set_column(out.schema.get_field_index(name), name, values)
+    return out, int((new_group & has_key[perm]).sum())
 
 
 @dataclass
@@ -121,7 +138,7 @@ class Source:
     kind: str  # the workload kind
     issues: RowIssues  # malformed rows: raised or counted
     has_arrivals: bool  # whether rows carry arrival times
-    batches: Iterator[pa.RecordBatch] = iter(())  # ROW_SCHEMA batches, arrivals non-decreasing
+    batches: Iterator[pa.RecordBatch] = field(default_factory=lambda: iter(()))  # ROW_SCHEMA, arrivals non-decreasing
     rows_read: int = 0  # data rows (or conversations) seen so far
     removed: dict[str, int] = field(default_factory=dict)  # reader filter -> rows it removed
     seen: dict[str, Counter] = field(default_factory=dict)  # filter -> values seen (for empty-result errors)
