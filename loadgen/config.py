@@ -64,6 +64,7 @@ class TargetConfig:
 
     kind: str = "sim"  # sim: start the embedded simulator | openai: an existing server at `url`
     url: Optional[str] = None  # base URL ending in /v1, e.g. http://127.0.0.1:8000/v1 (kind=openai)
+    urls: list[str] = field(default_factory=list)  # a fleet of replicas (kind=openai): worker W sends to urls[W % len(urls)]
     model: Optional[str] = None  # model name; default: the first of GET /v1/models
     api: str = "completions"  # completions | chat
     stream: bool = True  # stream tokens over SSE (needed for TTFT/ITL)
@@ -137,7 +138,7 @@ class LoadConfig:
     """How hard to push: the load levels and how each is shaped and bounded."""
 
     kind: str = "sweep"  # concurrency | rate | trace | sweep | search
-    levels: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0, 24.0, 32.0])  # req/s (open loop) or concurrency (closed loop)
+    levels: list[float] = field(default_factory=lambda: [6.0, 12.0, 18.0, 24.0, 30.0, 36.0])  # req/s (open loop) or concurrency (closed loop)
     arrival: str = "poisson"  # constant | poisson | gamma (open-loop levels)
     burstiness: float = 1.0  # gamma shape^-1: 1 = Poisson, >1 burstier, <1 smoother
     duration_s: float = 10.0  # length of each level's sending phase
@@ -177,6 +178,10 @@ class ClusterConfig:
     clock_sync_samples: int = 8  # clock-offset samples per worker (minimum-RTT one is kept)
     loop_lag_warn_ms: float = 20.0  # a worker whose event-loop lag passes this is client-bound
     schedule_lag_warn_ms: float = 20.0  # p99 send lag behind schedule that marks a level client-bound
+    collect: str = "auto"  # auto: workers off the driver's node send records through Ray | driver: all do | direct: all write to the run dir (shared filesystem)
+    max_batches_in_flight: int = 4  # per worker: batches on their way to the collector before flushing waits
+    ship_code: bool = True  # ray: ship this loadgen package to the cluster's workers (runtime_env py_modules)
+    placement_timeout_s: float = 60.0  # fail with the cluster's free resources if workers are not placed by then
 
 
 # --------------------------------------------------------------------------- slo / analysis
@@ -232,6 +237,7 @@ _CHOICES = {
     "load.kind": ("concurrency", "rate", "trace", "sweep", "search"),
     "load.arrival": ("constant", "poisson", "gamma"),
     "cluster.kind": ("local", "ray"),
+    "cluster.collect": ("auto", "driver", "direct"),
 }
 
 
@@ -248,13 +254,16 @@ def validate(cfg: LoadgenConfig) -> LoadgenConfig:
         _require(value in choices, key, "one of " + ", ".join(choices), value)
 
     t, w, ld, c = cfg.target, cfg.workload, cfg.load, cfg.cluster
-    if t.kind == "openai":
+    if t.kind == "openai" and not t.urls:
         _require(
             bool(t.url) and str(t.url).startswith(("http://", "https://")),
             "target.url",
             "an http(s) URL such as http://127.0.0.1:8000/v1 when target.kind=openai",
             t.url,
         )
+    for i, u in enumerate(t.urls):
+        _require(t.kind == "openai", "target.urls", "empty unless target.kind=openai", list(t.urls))
+        _require(str(u).startswith(("http://", "https://")), f"target.urls[{i}]", "an http(s) base URL ending in /v1", u)
     for key in ("timeout_s", "stall_timeout_s", "connect_timeout_s", "scrape_interval_s"):
         v = getattr(t, key)
         _require(v > 0, f"target.{key}", "a positive number of seconds", v)
@@ -297,6 +306,8 @@ def validate(cfg: LoadgenConfig) -> LoadgenConfig:
         _require(c.workers > 0, "cluster.workers", "a positive number of worker actors", c.workers)
     _require(c.worker_cpus > 0, "cluster.worker_cpus", "a positive (possibly fractional) CPU count", c.worker_cpus)
     _require(c.flush_interval_s > 0, "cluster.flush_interval_s", "a positive number of seconds", c.flush_interval_s)
+    _require(c.max_batches_in_flight > 0, "cluster.max_batches_in_flight", "a positive count", c.max_batches_in_flight)
+    _require(c.placement_timeout_s > 0, "cluster.placement_timeout_s", "a positive number of seconds", c.placement_timeout_s)
     _require(c.max_in_flight_per_worker > 0, "cluster.max_in_flight_per_worker", "a positive count", c.max_in_flight_per_worker)
 
     for key in ("ttft_ms", "tpot_ms", "e2e_ms"):

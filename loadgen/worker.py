@@ -311,7 +311,14 @@ class WorkerCore:
                     return
 
         streams = [st.spawn(stream()) for _ in range(run.concurrency)]
-        await asyncio.gather(*streams, return_exceptions=True)
+        # Return when sending should stop; requests still in flight are the drain's business.
+        while not self._stop.is_set():
+            remaining = (end_ns - self.now()) / 1e9
+            if remaining <= 0:
+                break
+            _, pending = await asyncio.wait(streams, timeout=min(remaining, 0.25))
+            if not pending:
+                break
 
     async def _session(self, st: "_LevelState", rows: list[int], start_ns: int, sem) -> None:
         """A multi-turn conversation: turn k goes out after turn k-1 answered (plus think time)."""
