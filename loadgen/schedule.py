@@ -248,25 +248,41 @@ def _take_sessions(cursor: RequestCursor, offsets: np.ndarray) -> tuple[pa.Table
 
 
 def plan_trace(cursor: RequestCursor, spec: LevelSpec, load: LoadConfig, workers: int) -> LevelPlan:
-    """Plan a trace-replay level: the trace's own arrival times, scaled by ``1 / spec.value``."""
+    """Plan a trace-replay level: the trace's own arrival times, scaled by ``1 / spec.value``.
+
+    Later turns of a session (no arrival of their own) follow their session's first turn.
+    """
     table = cursor.table
-    arrival = table.column("arrival_s")
-    if arrival.null_count == table.num_rows:
+    arrival = table.column("arrival_s").to_numpy(zero_copy_only=False).astype(np.float64)
+    if np.isnan(arrival).all():
         raise ValueError("load=trace needs a workload with arrival times (azure, burstgpt, mooncake, generic)")
-    has = pc.invert(pc.is_null(arrival))
-    rows = table.filter(has)
-    offsets = rows.column("arrival_s").to_numpy() / spec.value
+    starts = np.flatnonzero(~np.isnan(arrival))
+    starts = starts[np.argsort(arrival[starts], kind="stable")]
+    offsets = arrival[starts] / spec.value
     keep = offsets < load.duration_s
-    keep &= np.arange(len(offsets)) < load.max_requests
-    rows = rows.filter(pa.array(keep))
-    offsets = offsets[keep]
-    planned = rows.append_column("scheduled_s", pa.array(offsets, pa.float64()))
-    span = load.duration_s
+    starts, offsets = starts[keep][: load.max_requests], offsets[keep][: load.max_requests]
+    sessions = _sessions(table)
+    if sessions is None:
+        rows, scheduled = table.take(pa.array(starts, pa.int64())), offsets
+    else:
+        order = np.argsort(sessions, kind="stable")
+        bounds = np.searchsorted(sessions[order], np.arange(sessions.max() + 2))
+        turns = table.column("turn").fill_null(0).to_numpy()
+        idx, sched = [], []
+        for row, off in zip(starts, offsets):
+            s_id = sessions[row]
+            members = order[bounds[s_id] : bounds[s_id + 1]]
+            members = members[np.argsort(turns[members], kind="stable")]
+            idx.append(members)
+            sched.append(np.concatenate(([off], np.full(len(members) - 1, np.nan))))
+        rows = table.take(pa.array(np.concatenate(idx) if idx else np.empty(0, np.int64), pa.int64()))
+        scheduled = np.concatenate(sched) if sched else np.empty(0)
+    planned = rows.append_column("scheduled_s", pa.array(scheduled, pa.float64(), mask=np.isnan(scheduled)))
     return LevelPlan(
         spec=spec,
         shards=shard(planned, workers),
         planned=planned.num_rows,
-        offered_rps=len(offsets) / span if span > 0 else None,
+        offered_rps=len(offsets) / load.duration_s,
         duration_s=load.duration_s,
     )
 

@@ -179,3 +179,16 @@ def test_closed_loop_splits_streams_over_workers():
     plan = plan_closed_loop(RequestCursor(wl), LevelSpec(0, "concurrency", 1), load, workers=3)
     assert plan.concurrency == [1, 0, 0]
     assert [s.num_rows for s in plan.shards][1:] == [0, 0]
+
+
+def test_trace_plan_keeps_later_session_turns_behind_their_first():
+    rows = []
+    for s in range(4):
+        for t in range(2):
+            rows.append({"request_id": f"s{s}-t{t}", "session_id": f"s{s}", "turn": t,
+                         "arrival_s": float(s) if t == 0 else None, "input_tokens": 1, "output_tokens": 1})
+    wl = Workload(table=pa.Table.from_pylist(rows, schema=REQUEST_SCHEMA))
+    plan = plan_trace(RequestCursor(wl), LevelSpec(0, "trace", 1.0), LoadConfig(duration_s=2.5), workers=1)
+    got = plan.shards[0]
+    assert got.column("request_id").to_pylist() == ["s0-t0", "s0-t1", "s1-t0", "s1-t1", "s2-t0", "s2-t1"]
+    assert got.column("scheduled_s").to_pylist() == [0.0, None, 1.0, None, 2.0, None]
