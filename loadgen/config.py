@@ -147,6 +147,9 @@ class LoadConfig:
     drain_s: float = 30.0  # after sending stops, how long in-flight requests may finish
     max_concurrency: Optional[int] = None  # open loop: a ceiling on in-flight requests (queues client-side)
     ramp_up_s: float = 0.0  # open loop: rate ramps linearly from 0 over this many seconds
+    shape: str = "steady"  # open loop: steady | step (rate step_from -> level at step_at_s) | burst (level = requests sent inside one second at step_at_s, after idling)
+    step_at_s: float = 5.0  # step/burst: when, in seconds after the level starts, the step or burst happens
+    step_from: float = 0.0  # step: the rate (req/s) before the step; 0 = idle
     think_time_s: float = 0.0  # closed loop: pause between a stream's response and its next request
     seed: int = 0  # seed of the arrival draws
     # search (adaptive sweep)
@@ -236,6 +239,7 @@ _CHOICES = {
     "workload.timestamp_unit": ("s", "ms", "us", "ns"),
     "load.kind": ("concurrency", "rate", "trace", "sweep", "search"),
     "load.arrival": ("constant", "poisson", "gamma"),
+    "load.shape": ("steady", "step", "burst"),
     "cluster.kind": ("local", "ray"),
     "cluster.collect": ("auto", "driver", "direct"),
 }
@@ -294,6 +298,9 @@ def validate(cfg: LoadgenConfig) -> LoadgenConfig:
     _require(ld.max_requests > 0, "load.max_requests", "a positive request cap per level", ld.max_requests)
     _require(0 <= ld.warmup_s < ld.duration_s, "load.warmup_s", "0 <= warmup_s < load.duration_s", ld.warmup_s)
     _require(ld.drain_s >= 0, "load.drain_s", "a non-negative number of seconds", ld.drain_s)
+    if ld.shape != "steady":
+        _require(0 <= ld.step_at_s < ld.duration_s, "load.step_at_s", "a time within the level: 0 <= step_at_s < load.duration_s", ld.step_at_s)
+        _require(ld.step_from >= 0, "load.step_from", "a non-negative rate in req/s", ld.step_from)
     _require(ld.burstiness > 0, "load.burstiness", "a positive number (1 = Poisson)", ld.burstiness)
     if ld.max_concurrency is not None:
         _require(ld.max_concurrency > 0, "load.max_concurrency", "a positive count", ld.max_concurrency)

@@ -377,6 +377,8 @@ def _level_entry(
     return {
         **plan.summary(),
         "arrival": cfg.load.arrival if spec.mode == "rate" else None,
+        "shape": cfg.load.shape if spec.mode == "rate" else "steady",
+        "step_at_ns": t0 + int(cfg.load.step_at_s * 1e9) if spec.mode == "rate" and cfg.load.shape != "steady" else None,
         "start_ns": t0,
         "send_end_ns": t0 + duration_ns,
         "end_ns": end_ns,

@@ -67,6 +67,25 @@ def arrival_offsets(
     return offsets[(offsets >= 0) & (offsets < duration_s)][:max_count]
 
 
+def shaped_offsets(load: LoadConfig, rate: float, seed: int) -> np.ndarray:
+    """Send offsets of one open-loop level in ``load.shape``: steady, a rate step, or a burst.
+
+    step: ``load.step_from`` req/s until ``load.step_at_s``, then ``rate``.
+    burst: nothing until ``load.step_at_s``, then ``rate`` requests spread over one second.
+    """
+    common = dict(burstiness=load.burstiness, seed=seed)
+    if load.shape == "steady":
+        return arrival_offsets(load.arrival, rate, load.duration_s, load.max_requests, ramp_up_s=load.ramp_up_s, **common)
+    at = load.step_at_s
+    if load.shape == "burst":
+        n = int(min(round(rate), load.max_requests))
+        after = arrival_offsets(load.arrival, float(n), 1.0, n, **common) + at
+        return after[after < load.duration_s]
+    before = arrival_offsets(load.arrival, load.step_from, at, load.max_requests, **common) if load.step_from > 0 else np.empty(0)
+    after = arrival_offsets(load.arrival, rate, load.duration_s - at, load.max_requests - len(before), **common) + at
+    return np.concatenate((before, after))
+
+
 def _invert_ramp(unit: np.ndarray, rate: float, ramp_up_s: float) -> np.ndarray:
     """Map arrival counts (unit-rate time) to wall offsets under a linear ramp to ``rate``."""
     if ramp_up_s <= 0:
@@ -183,15 +202,7 @@ def plan_open_loop(
 ) -> LevelPlan:
     """Plan an open-loop level: arrivals at ``spec.value`` req/s (or given trace ``offsets``)."""
     if offsets is None:
-        offsets = arrival_offsets(
-            load.arrival,
-            spec.value,
-            load.duration_s,
-            load.max_requests,
-            burstiness=load.burstiness,
-            ramp_up_s=load.ramp_up_s,
-            seed=load.seed + 7919 * spec.index,
-        )
+        offsets = shaped_offsets(load, spec.value, seed=load.seed + 7919 * spec.index)
     sessions = _sessions(cursor.table)
     if sessions is None:
         rows = cursor.take(len(offsets))

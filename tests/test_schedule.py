@@ -11,6 +11,7 @@ from loadgen.schedule import (
     LevelSpec,
     RequestCursor,
     arrival_offsets,
+    shaped_offsets,
     plan_closed_loop,
     plan_open_loop,
     plan_trace,
@@ -192,3 +193,17 @@ def test_trace_plan_keeps_later_session_turns_behind_their_first():
     got = plan.shards[0]
     assert got.column("request_id").to_pylist() == ["s0-t0", "s0-t1", "s1-t0", "s1-t1", "s2-t0", "s2-t1"]
     assert got.column("scheduled_s").to_pylist() == [0.0, None, 1.0, None, 2.0, None]
+
+
+def test_step_shape_changes_rate_at_the_step():
+    load = LoadConfig(arrival="constant", shape="step", step_at_s=4.0, step_from=2.0, duration_s=10.0, max_requests=10**6)
+    off = shaped_offsets(load, 10.0, seed=0)
+    assert np.sum(off < 4.0) == 8 and np.sum(off >= 4.0) == 60
+    np.testing.assert_allclose(np.diff(off[off >= 4.0]), 0.1)
+
+
+def test_burst_shape_sends_n_requests_inside_one_second_after_idle():
+    load = LoadConfig(arrival="poisson", shape="burst", step_at_s=3.0, duration_s=10.0, max_requests=10**6)
+    off = shaped_offsets(load, 200.0, seed=1)
+    assert len(off) == 200
+    assert off.min() >= 3.0 and off.max() < 4.0
