@@ -274,7 +274,7 @@ def _run_one(
                             pool.actors[w].stop.remote(0.5)
                         console.print("[yellow]in-flight requests keep growing: the level is over-saturated, stopping it early[/]")
 
-    entry = _level_entry(state.run_dir, cfg, plan, t0, clock.now(), results, lost, pool)
+    entry = _level_entry(state.run_dir, cfg, plan, t0, clock.now(), results, lost)
     entry["stopped_early"] = stopped
     entry["driver_cpu_s"] = time.process_time() - driver_cpu0
     state.meta["levels"].append(entry)
@@ -321,7 +321,6 @@ def _level_entry(
     end_ns: int,
     results: dict[int, dict[str, Any]],
     lost: dict[int, str],
-    pool,
 ) -> dict[str, Any]:
     """The run.json entry of a level: boundaries, ledger, per-worker health, client-bound flag."""
     spec = plan.spec
