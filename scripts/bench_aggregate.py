@@ -97,13 +97,14 @@ def analyse(run_dir: str) -> None:
     """Child process: time analyze_run and write_summary, print a JSON line with the figures."""
     from loadgen.analysis import analyze_run, write_summary
 
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     summary = analyze_run(run_dir)
-    analysed = time.perf_counter() - t
+    analysed, analysed_cpu = time.perf_counter() - t, time.process_time() - cpu
     write_summary(run_dir, summary)
     total = time.perf_counter() - t
     print(json.dumps({
         "analyse_s": analysed,
+        "analyse_cpu_s": analysed_cpu,
         "with_summary_files_s": total,
         "records": sum(lv.ledger.sent for lv in summary.levels),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -135,10 +136,12 @@ def main() -> None:
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "--analyse-only", run_dir],
                              check=True, capture_output=True, text=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
-        print(f"analyze_run: {r['analyse_s']:.1f} s for {r['records']:,} records = "
+        print(f"analyze_run: {r['analyse_s']:.1f} s wall for {r['records']:,} records = "
               f"{r['records'] / r['analyse_s']:,.0f} records/s "
               f"(~{r['records'] * sum(args.chunks) / 2 / r['analyse_s']:,.0f} chunk timestamps/s); "
+              f"{r['analyse_cpu_s']:.1f} CPU-s = {r['records'] / r['analyse_cpu_s']:,.0f} records per CPU-second; "
               f"with summary.json/parquet: {r['with_summary_files_s']:.1f} s; peak RSS {r['peak_rss_mb']:,.0f} MB")
+        print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     finally:
         if not args.keep:
             shutil.rmtree(run_dir, ignore_errors=True)

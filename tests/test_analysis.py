@@ -80,6 +80,11 @@ def test_weighted_quantiles_equal_the_expanded_sample():
     assert quantiles(values, qs, weights) == pytest.approx(np.percentile(expanded, qs))
 
 
+def test_quantiles_keep_durations_beyond_int32_exact():
+    values = np.array([3_000_000_000, 5, 2**40, 7], dtype=np.int64)  # 3 s and ~18 min do not fit int32
+    assert quantiles(values, [0, 50, 100]) == pytest.approx(np.percentile(values, [0, 50, 100]))
+
+
 def test_quantiles_of_nothing_are_nan():
     assert np.isnan(quantiles(np.array([]), [50])).all()
 
@@ -409,7 +414,7 @@ def test_search_steps_down_when_the_start_fails_and_respects_the_level_cap():
 
 
 def write_run(run_dir: str, levels: dict[int, list[dict[str, Any]]], meta_levels: Optional[list[dict]] = None,
-              config: Optional[dict] = None) -> None:
+              config: Optional[dict] = None, extra: Optional[dict] = None) -> None:
     for n, rows in levels.items():
         for w in sorted({r["worker_id"] for r in rows}):
             part = os.path.join(run_dir, "records", f"level={n}", f"worker={w}")
@@ -417,7 +422,7 @@ def write_run(run_dir: str, levels: dict[int, list[dict[str, Any]]], meta_levels
             pq.write_table(table([r for r in rows if r["worker_id"] == w]), os.path.join(part, "part-00000-a.parquet"))
     if meta_levels is not None:
         with open(os.path.join(run_dir, "run.json"), "w") as f:
-            json.dump({"run_id": "t", "status": "complete", "config": config or {}, "levels": meta_levels}, f)
+            json.dump({"run_id": "t", "status": "complete", "config": config or {}, "levels": meta_levels, **(extra or {})}, f)
 
 
 def test_analyze_run_uses_run_json_windows_and_slos(tmp_path):
@@ -425,15 +430,26 @@ def test_analyze_run_uses_run_json_windows_and_slos(tmp_path):
     meta = [{"level": 0, "mode": "rate", "value": 10.0, "offered_rps": 10.0,
              "steady_start_ns": T0 + 2000 * MS, "steady_end_ns": T0 + 8000 * MS,
              "ledger": {"planned": 100, "sent": 100, "ok": 100}}]
-    write_run(str(tmp_path), {0: rows}, meta, config={"slo": {"ttft_ms": 20.0, "tpot_ms": None}})
+    meta.append({"level": 1, "mode": "rate", "value": 20.0, "offered_rps": 20.0,  # started, nothing recorded
+                 "ledger": {"planned": 5, "sent": 0, "not_sent": {"interrupted": 5}}})
+    write_run(str(tmp_path), {0: rows}, meta, config={"slo": {"ttft_ms": 20.0, "tpot_ms": None}},
+              extra={"workers": [{"worker_id": 0, "alive": True}, {"worker_id": 1, "alive": False, "lost_reason": "SIGKILL"}],
+                     "workload": {"skipped": {"negative output_tokens": 3, "bad timestamp": 0}}})
     s = analyze_run(str(tmp_path))
-    (lv,) = s.levels
+    assert "worker 1 was lost during the run: SIGKILL" in s.notes
+    assert "trace rows skipped: 3 (negative output_tokens)" in s.notes
+    lv, empty = s.levels
+    assert empty.metrics.requests == 0 and empty.ledger.closes and s.ledger.planned == 105
+    assert any("level 1 has no requests" in n for n in s.notes)
+    # Without the TTFT objective level 0 passes, and the empty level is left out rather than failed.
+    loose = analyze_run(str(tmp_path), slo=NO_SLO)
+    assert loose.saturation.level == 0 and not loose.saturation.reached
     assert lv.metrics.requests == 60  # scheduled in [2 s, 8 s)
     assert lv.metrics.achieved_rps == pytest.approx(10.0)
     assert s.slo.ttft_ms == 20.0
     assert lv.metrics.attainment == 0.0  # every TTFT is 30 ms > 20 ms
     assert not lv.slo_met
-    assert lv.ledger.closes and s.ledger.planned == 100
+    assert lv.ledger.closes
 
 
 def test_analyze_run_without_run_json_derives_everything_from_records(tmp_path):

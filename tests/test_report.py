@@ -152,6 +152,9 @@ def test_cli_rejects_bad_values_and_missing_dirs(run_dir, tmp_path, capsys):
     empty.mkdir()
     assert main([str(empty)]) == 2
     assert "loadgen run directory" in capsys.readouterr().out
+    (empty / "run.json").write_text("{truncated")
+    assert main([str(empty)]) == 2
+    assert "run.json cannot be read" in capsys.readouterr().out
 
 
 def test_terminal_table_and_capacity_verdicts(run_dir):

@@ -57,7 +57,7 @@ def goodput_capacity(levels: Sequence[LevelSummary], attainment: float) -> Goodp
         cap.upper_level, cap.upper_rate, cap.upper_attainment = lv.level, _rate(lv), a
         if prev is None:
             shown = "no requests" if a is None else f"{a:.1%}"
-            cap.reason = f"even the lowest level ({_rate(lv):.3g} req/s) met the SLOs for only {shown}"
+            cap.reason = f"even the lowest level ({_rate(lv):,.4g} req/s) met the SLOs for only {shown}"
             return cap
         a0, a1 = prev.metrics.attainment or 0.0, a or 0.0
         frac = (a0 - attainment) / (a0 - a1) if a0 > a1 else 0.0
@@ -70,7 +70,7 @@ def goodput_capacity(levels: Sequence[LevelSummary], attainment: float) -> Goodp
     assert prev is not None
     cap.lower_level, cap.lower_rate, cap.lower_attainment = prev.level, _rate(prev), prev.metrics.attainment
     cap.at_least = True
-    cap.reason = f"every level met the target: capacity ≥ {cap.lower_rate:.3g} req/s (the highest level)"
+    cap.reason = f"every level met the target: capacity ≥ {cap.lower_rate:,.4g} req/s (the highest level)"
     return cap
 
 

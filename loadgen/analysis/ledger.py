@@ -10,10 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from loadgen.records import STATUSES
-
-ERROR_STATUSES = tuple(s for s in STATUSES if s not in ("ok", "cancelled"))
-
 
 @dataclass
 class Ledger:

@@ -143,8 +143,8 @@ def judge(
         kept_up = ratio is not None and ratio >= analysis.saturation_tolerance
         if not kept_up:
             failures.append(
-                f"achieved {m.achieved_rps:.3g} req/s < {analysis.saturation_tolerance:g} × "
-                f"{m.scheduled_rps:.3g} req/s scheduled in the window"
+                f"achieved {m.achieved_rps:,.4g} req/s < {analysis.saturation_tolerance:g} × "
+                f"{m.scheduled_rps:,.4g} req/s scheduled in the window"
             )
     slo_met = True
     for key, value in m.slo_percentiles.items():

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Optional, TypeVar
 
 import pyarrow as pa
@@ -28,13 +29,23 @@ _SECRET_KEY = re.compile(r"api[_-]?key|authorization|secret|password|token$|bear
 _SECRET_VALUE = re.compile(r"\b(?:sk|hf|pk|rk)[-_][A-Za-z0-9_\-]{12,}|Bearer\s+\S+", re.IGNORECASE)
 
 
+class RunDirError(ValueError):
+    """A run directory cannot be read; the message names the file and what is wrong."""
+
+
 def read_run_json(run_dir: str) -> dict[str, Any]:
     """The run's metadata, or an empty dict when run.json is missing (a crashed run's records still count)."""
     path = os.path.join(run_dir, "run.json")
     if not os.path.exists(path):
         return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{path} cannot be read: {e}") from None
+    if not isinstance(meta, dict):
+        raise RunDirError(f"{path} holds {type(meta).__name__}, expected a JSON object")
+    return meta
 
 
 def scrub(obj: Any) -> Any:
@@ -59,7 +70,11 @@ def records_root(run_dir: str, meta: dict[str, Any]) -> str:
 
 
 def iter_level_tables(root: str, columns: list[str]) -> Iterator[tuple[int, pa.Table]]:
-    """Each level's records (only ``columns``), one level in memory at a time, in level order."""
+    """Each level's records (only ``columns``), in level order, at most two levels in memory.
+
+    The next level is read in a background thread while the caller works on
+    the current one (Parquet decoding and numpy both release the GIL).
+    """
     fs, path = resolve_fs(root)
     selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
     files = sorted(i.path for i in fs.get_file_info(selector) if i.path.endswith(".parquet") and "/." not in i.path)
@@ -72,11 +87,22 @@ def iter_level_tables(root: str, columns: list[str]) -> Iterator[tuple[int, pa.T
     levels = set(by_level)
     if loose_table is not None:
         levels |= set(pc.unique(loose_table.column("level")).drop_null().to_pylist())
-    for level in sorted(levels):
+
+    def load(level: int) -> pa.Table:
         parts = [_read(fs, by_level[level], columns)] if level in by_level else []
         if loose_table is not None:
             parts.append(loose_table.filter(pc.equal(loose_table.column("level"), level)).select(columns))
-        yield level, pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+    order = sorted(levels)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load, order[0]) if order else None
+        for i, level in enumerate(order):
+            assert pending is not None
+            table = pending.result()
+            pending = pool.submit(load, order[i + 1]) if i + 1 < len(order) else None
+            yield level, table
+            del table
 
 
 def _read(fs: pafs.FileSystem, files: list[str], columns: list[str]) -> pa.Table:

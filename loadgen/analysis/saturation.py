@@ -118,7 +118,7 @@ def _at(lv: LevelSummary, rule: str, reached: bool, first_failing: Optional[int]
 
 
 def _load_words(lv: LevelSummary) -> str:
-    return f"{lv.load:.3g} req/s offered" if lv.open_loop else f"{lv.value:g} streams"
+    return f"{lv.load:,.4g} req/s offered" if lv.open_loop else f"{lv.value:g} streams"
 
 
 def kneedle(x: Sequence[float], y: Sequence[float], concave: bool, sensitivity: float = 1.0) -> Optional[int]:

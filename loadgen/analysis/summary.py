@@ -33,6 +33,7 @@ from loadgen.analysis.saturation import Knee, Saturation, knee_point, saturation
 from loadgen.config import AnalysisConfig, ClusterConfig, SLOConfig
 from loadgen.records import RECORD_SCHEMA, STATUSES
 
+
 @dataclass
 class RunSummary:
     """Everything the report shows about one run."""
@@ -111,6 +112,7 @@ def analyze_run(
         notes.append("run.json is missing: levels, windows and ledgers were derived from the records alone")
     elif meta.get("status") not in (None, "complete"):
         notes.append(f"the run's status is '{meta.get('status')}': results cover what was recorded")
+    notes += _run_notes(meta)
 
     levels: list[LevelSummary] = []
     seen = set()
@@ -127,6 +129,7 @@ def analyze_run(
         if tel is not None and "level" in tel.column_names:
             tel = tel.filter(pc.equal(tel.column("level"), level))
         levels.append(summarize_level(table, lm, slo, analysis, cluster, tel))
+        del table  # free this level's records as soon as it is summarised
     for level, lm in sorted(level_meta.items()):
         if level not in seen:
             levels.append(summarize_level(RECORD_SCHEMA.empty_table(), lm, slo, analysis, cluster))
@@ -135,8 +138,12 @@ def analyze_run(
     if levels and not any(lv.metrics.streamed for lv in levels) and (slo.ttft_ms or slo.tpot_ms):
         notes.append("no level streamed tokens: TTFT and TPOT objectives were not applied")
     ledger = sum((lv.ledger for lv in levels), Ledger(source=levels[0].ledger.source if levels else "records", records=0))
-    saturation = saturation_point(levels, slo.percentile, analysis)
-    gcap = goodput_capacity(levels, slo.attainment)
+    measured = [lv for lv in levels if lv.metrics.requests]
+    for lv in levels:
+        if not lv.metrics.requests:
+            notes.append(f"level {lv.level} has no requests in its steady window: left out of the verdicts")
+    saturation = saturation_point(measured, slo.percentile, analysis)
+    gcap = goodput_capacity(measured, slo.attainment)
     return RunSummary(
         run_id=str(meta.get("run_id") or os.path.basename(os.path.normpath(run_dir))),
         run_dir=run_dir,
@@ -147,12 +154,27 @@ def analyze_run(
         analysis=analysis,
         levels=levels,
         saturation=saturation,
-        knee=knee_point(levels),
+        knee=knee_point(measured),
         goodput_capacity=gcap,
         ledger=ledger,
         plan=_plan(saturation, gcap, analysis),
         notes=notes,
     )
+
+
+def _run_notes(meta: dict[str, Any]) -> list[str]:
+    """What run.json says went missing: lost workers, skipped trace rows, workload notes."""
+    notes = []
+    for w in meta.get("workers") or []:
+        if w.get("alive") is False:
+            why = f": {w['lost_reason']}" if w.get("lost_reason") else ""
+            notes.append(f"worker {w.get('worker_id')} was lost during the run{why}")
+    workload = meta.get("workload") or {}
+    skipped = {k: v for k, v in (workload.get("skipped") or {}).items() if v}
+    if skipped:
+        notes.append("trace rows skipped: " + ", ".join(f"{v:,} ({k})" for k, v in skipped.items()))
+    notes += [f"workload: {n}" for n in workload.get("notes") or []]
+    return notes
 
 
 def _plan(sat: Saturation, gcap: GoodputCapacity, analysis: AnalysisConfig) -> Optional[CapacityPlan]:

@@ -14,7 +14,7 @@ from typing import Optional, Sequence, TypeVar
 
 from rich.console import Console
 
-from loadgen.analysis.rundir import config_section, read_run_json
+from loadgen.analysis.rundir import RunDirError, config_section, read_run_json
 from loadgen.config import AnalysisConfig, ConfigError, LoadgenConfig, SLOConfig, validate
 from loadgen.report import compare_runs, report_run
 
@@ -92,28 +92,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     console = Console()
     missing = [d for d in args.run_dirs if not os.path.isdir(d)]
     if missing:
-        console.print(f"loadgen-report: not a directory: {', '.join(missing)}", style="red", markup=False)
+        console.print(f"loadgen-report: not a directory: {', '.join(missing)}", style="red", markup=False, soft_wrap=True)
         return 2
     empty = [d for d in args.run_dirs if not os.path.exists(os.path.join(d, "run.json")) and not os.path.isdir(os.path.join(d, "records"))]
     if empty:
         console.print(f"loadgen-report: no run.json or records/ in {', '.join(empty)} — is this a loadgen run directory?",
-                      style="red", markup=False)
+                      style="red", markup=False, soft_wrap=True)
         return 2
-    config = read_run_json(args.run_dirs[0]).get("config") or {}
-    slo = _apply(SLOConfig, config, args, "slo")
-    analysis = _apply(AnalysisConfig, config, args, "analysis")
     try:
+        config = read_run_json(args.run_dirs[0]).get("config") or {}
+        slo = _apply(SLOConfig, config, args, "slo")
+        analysis = _apply(AnalysisConfig, config, args, "analysis")
         validate(LoadgenConfig(slo=slo, analysis=analysis))
-    except ConfigError as e:
-        console.print(f"loadgen-report: {e}", style="red", markup=False)
+        if len(args.run_dirs) == 1:
+            out = args.out or args.run_dirs[0]
+            report_run(args.run_dirs[0], out, slo=slo, analysis=analysis, console=console,
+                       plots=False if args.no_plots else None)
+        else:
+            out = args.out or "loadgen-comparison"
+            compare_runs(args.run_dirs, out, slo=slo, analysis=analysis, console=console)
+    except (ConfigError, RunDirError) as e:
+        console.print(f"loadgen-report: {e}", style="red", markup=False, soft_wrap=True)
         return 2
-    if len(args.run_dirs) == 1:
-        report_run(args.run_dirs[0], args.out, slo=slo, analysis=analysis, console=console,
-                   plots=False if args.no_plots else None)
-        out = args.out or args.run_dirs[0]
-    else:
-        out = args.out or "loadgen-comparison"
-        compare_runs(args.run_dirs, out, slo=slo, analysis=analysis, console=console)
     console.print(f"written to {os.path.abspath(out)}", style="dim", markup=False)
     return 0
 

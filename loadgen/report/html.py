@@ -74,7 +74,7 @@ def level_rows(summary: RunSummary) -> tuple[list[str], list[list[str]], list[st
     for lv in _levels(summary):
         m = lv.metrics
         verdict = "; ".join(lv.failures) or "passed"
-        if summary.saturation.level == lv.level:
+        if summary.saturation.reached and summary.saturation.level == lv.level:
             verdict = "saturation point — " + verdict
         rows.append([str(lv.level), load_words(lv), num(m.achieved_rps), num(m.output_tok_s), num(m.ttft.p50),
                      num(m.ttft.p90), num(m.ttft.p99), num(m.tpot.p50), num(m.tpot.p99), num(m.itl.p50),

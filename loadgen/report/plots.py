@@ -59,6 +59,8 @@ def _mark(ax: Axes, x: Optional[float], y: Optional[float], kind: str, color: st
     # The knee is a large hollow diamond under the star so both stay visible when they coincide.
     if kind == "saturation":
         ax.scatter([x], [y], marker="*", s=320, facecolor="gold", edgecolor=color, linewidth=1.4, zorder=6, label=label)
+    elif kind == "unsaturated":
+        ax.scatter([x], [y], marker="^", s=150, facecolor="gold", edgecolor=color, linewidth=1.4, zorder=6, label=label)
     else:
         ax.scatter([x], [y], marker="D", s=170, facecolor="none", edgecolor=color, linewidth=1.8, zorder=5, label=label)
 
@@ -109,11 +111,14 @@ def saturation_figure(summaries: Sequence[RunSummary], path: str, title: Optiona
                 ax.plot(achieved, queued, "^:", color="gray", markersize=4,
                         label="p99 from scheduled send (incl. client queue)")
         by_level = {lv.level: lv for lv in levels}
-        for kind, n in (("saturation", s.saturation.level), ("knee", s.knee.level)):
+        sat_kind = "saturation" if s.saturation.reached else "unsaturated"
+        names_of = {"saturation": "saturation point", "unsaturated": "highest level (did not saturate)",
+                    "knee": "knee (Kneedle)"}
+        for kind, n in ((sat_kind, s.saturation.level), ("knee", s.knee.level)):
             lv = by_level.get(n) if n is not None else None
             if lv is None:
                 continue
-            name = "saturation point" if kind == "saturation" else "knee (Kneedle)"
+            name = names_of[kind]
             mark_label = name if single else f"{label}: {name}"
             _mark(a_tp, lv.load, lv.metrics.achieved_rps, kind, color, mark_label)
             _mark(a_tok, lv.load, lv.metrics.output_tok_s, kind, color, None)
@@ -290,6 +295,8 @@ def _lag_panel(ax: Axes, telemetry: pa.Table, t0: int, summary: RunSummary) -> N
 def write_plots(summary: RunSummary, out_dir: str) -> list[str]:
     """Write saturation.png, latency_distribution.png and timeline.png (those with data); return their paths."""
     os.makedirs(out_dir, exist_ok=True)
+    if not summary.levels:
+        return []
     paths = [saturation_figure([summary], os.path.join(out_dir, "saturation.png"))]
     for make, name in ((latency_distribution_figure, "latency_distribution.png"), (timeline_figure, "timeline.png")):
         path = make(summary, os.path.join(out_dir, name))

@@ -26,7 +26,7 @@ def _flags(summary: RunSummary, lv: LevelSummary) -> str:
         flags.append("client-bound")
     if not lv.ledger.closes:
         flags.append("ledger open")
-    if summary.saturation.level == lv.level:
+    if summary.saturation.reached and summary.saturation.level == lv.level:
         flags.append("◀ saturation point")
     return ", ".join(flags)
 

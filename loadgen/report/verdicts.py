@@ -63,7 +63,7 @@ def knee_sentence(summary: RunSummary) -> str:
     """The Kneedle knee and its rule."""
     knee = summary.knee
     if knee.level is None:
-        return f"No knee ({knee.rule}): {knee.reason}."
+        return f"No knee: {knee.reason} (rule: {knee.rule})."
     return f"Knee at level {knee.level}: {knee.x_label} {num(knee.x)}, {knee.y_label} {num(knee.y)} (rule: {knee.rule})."
 
 
@@ -78,7 +78,10 @@ def capacity_sentence(summary: RunSummary) -> str:
             f"{num(cap.upper_rate)} req/s (level {cap.upper_level}: {pct(cap.upper_attainment)})."
         )
     if cap.at_least:
-        return f"Goodput capacity ≥ {num(cap.lower_rate)} req/s ({target}): {cap.reason}."
+        return (
+            f"Goodput capacity ≥ {num(cap.lower_rate)} req/s ({target}): every level met the target, "
+            "so the capacity lies above the highest level."
+        )
     return f"No goodput capacity ({target}): {cap.reason}."
 
 
@@ -115,8 +118,8 @@ def client_bound_sentence(summary: RunSummary) -> Optional[str]:
         return None
     details = "; ".join(f"level {lv.level}: {', '.join(lv.client_bound_reasons)}" for lv in bound)
     return (
-        f"Client-bound level{'s' if len(bound) > 1 else ''} {', '.join(str(lv.level) for lv in bound)} — loadgen, not the server, may have set "
-        f"their latencies ({details}). Add workers or nodes and rerun those levels."
+        f"Client-bound level{'s' if len(bound) > 1 else ''} {', '.join(str(lv.level) for lv in bound)} — loadgen, not the server, may have set the "
+        f"latencies measured there ({details}). Add workers or nodes and rerun those levels."
     )
 
 
