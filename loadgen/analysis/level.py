@@ -22,6 +22,7 @@ from loadgen.analysis.metrics import (
     Window,
     level_metrics,
 )
+from loadgen.analysis.transient import StepResponse, step_response
 from loadgen.config import AnalysisConfig, ClusterConfig, SLOConfig
 
 OPEN_LOOP_MODES = ("rate", "trace")
@@ -47,6 +48,7 @@ class LevelSummary:
     client_bound_workers: list[int] = field(default_factory=list)
     client_bound_reasons: list[str] = field(default_factory=list)
     stopped_early: Optional[str] = None  # reason the runner cut the level short (queues growing)
+    step: Optional[StepResponse] = None  # step/burst levels: time to first success and to the new rate
 
     @property
     def open_loop(self) -> bool:
@@ -198,4 +200,9 @@ def summarize_level(
         times, loop_lag, meta, telemetry, cluster
     )
     summary.client_bound = bool(summary.client_bound_reasons)
+    if meta.get("step_at_ns") is not None:
+        summary.step = step_response(
+            times.scheduled, times.end, times.ok, int(meta["step_at_ns"]), summary.value,
+            str(meta.get("shape") or "step"), tolerance=analysis.saturation_tolerance,
+        )
     return summary

@@ -123,6 +123,27 @@ def client_bound_sentence(summary: RunSummary) -> Optional[str]:
     )
 
 
+def step_sentences(summary: RunSummary) -> list[str]:
+    """How each step or burst level was answered: first success, new rate reached, burst done."""
+    out = []
+    for lv in summary.levels:
+        st = lv.step
+        if st is None:
+            continue
+        first = f"first success {num(st.first_success_s, 's')} after it" if st.first_success_s is not None else "no request succeeded after it"
+        if st.shape == "burst":
+            done = f"; the burst of {st.new_rate:g} requests was fully answered after {num(st.all_done_s, 's')}" if st.all_done_s is not None else ""
+            out.append(f"Level {lv.level} (burst): {first}{done}.")
+        else:
+            reach = (
+                f"; it reached {summary.analysis.saturation_tolerance:g} × {st.new_rate:g} req/s after {num(st.reach_rate_s, 's')}"
+                if st.reach_rate_s is not None
+                else f"; it never completed {summary.analysis.saturation_tolerance:g} × {st.new_rate:g} req/s in any 1 s window"
+            )
+            out.append(f"Level {lv.level} (step to {st.new_rate:g} req/s): {first}{reach}.")
+    return out
+
+
 def ledger_sentence(summary: RunSummary) -> str:
     """The run's request ledger and whether it closes."""
     ld = summary.ledger
@@ -139,6 +160,7 @@ def verdicts(summary: RunSummary) -> list[str]:
     """Every verdict of the run as a sentence, most important first."""
     out = [saturation_sentence(summary), knee_sentence(summary), capacity_sentence(summary)]
     out += plan_sentences(summary)
+    out += step_sentences(summary)
     bound = client_bound_sentence(summary)
     if bound:
         out.append(bound)
