@@ -26,7 +26,7 @@ from loadgen.client.openai import request_body, url_for
 from loadgen.client.stream import execute
 from loadgen.collector import DirectSink, OutputSpec, PartTarget, Sink
 from loadgen.config import ClusterConfig, TargetConfig
-from loadgen.records import PartWriter, RecordBuffer, part_dir, to_batch
+from loadgen.records import RecordBuffer, to_batch
 
 TELEMETRY_SCHEMA = pa.schema(
     [
@@ -44,6 +44,8 @@ TELEMETRY_SCHEMA = pa.schema(
 _LAG_INTERVAL_S = 0.05
 _TELEMETRY_INTERVAL_S = 0.25
 _FD_RESERVE = 64
+#: How often a worker actor checks that the Ray process that started it is still alive.
+_PARENT_CHECK_S = 0.2
 
 
 class ClientLimitError(RuntimeError):
@@ -461,7 +463,6 @@ class _LevelState:
         self._bodies: dict[int, bytes] = {}
         self.tasks: set[asyncio.Future] = set()
         self.buffer = RecordBuffer()
-        self.writer = PartWriter(part_dir(f"{core.run_uri}/records", run.level, core.worker_id))
         self.not_sent: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
         self.lags: list[int] = []
@@ -553,7 +554,7 @@ class _LevelState:
             "loop_lag_ms_p99": float(np.percentile(loop_lag, 99)),
             "loop_lag_ms_max": float(loop_lag.max()),
             "cpu_percent": float(np.mean(self.cpu_samples)) if self.cpu_samples else None,
-            "records_written": self.writer.rows,
+            "records_written": self.core.sink.records(self.run.level, self.core.worker_id).rows,
         }
 
 
@@ -592,6 +593,14 @@ class Worker:
             worker_id, run_id, self.node_id, target, cluster, run_uri, clock_skew_ns=clock_skew_ns, sink=output.open()
         )
         self._call(self.core.start())
+        threading.Thread(target=self._stop_when_orphaned, args=(os.getppid(),), name="loadgen-orphan-watch", daemon=True).start()
+
+    def _stop_when_orphaned(self, parent: int) -> None:
+        # A SIGKILLed driver or raylet leaves this process sending for seconds before Ray
+        # notices; stop at once (in-flight requests are recorded as cancelled and flushed).
+        while os.getppid() == parent:
+            time.sleep(_PARENT_CHECK_S)
+        self._loop.call_soon_threadsafe(self.core.request_stop, 0.0)
 
     def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()

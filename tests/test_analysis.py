@@ -225,7 +225,7 @@ def level(n: int, load: float, achieved: float, ttft_p99: float = 100.0, attainm
           tok_s: float = 0.0, e2e_p50: float = 1000.0, mode: str = "rate",
           slo: SLOConfig = SLOConfig(ttft_ms=500.0, tpot_ms=None), analysis: AnalysisConfig = AnalysisConfig()) -> LevelSummary:
     """A judged level built from its headline numbers."""
-    m = LevelMetrics(window_s=10.0, requests=int(load * 10), completed=int(achieved * 10), achieved_rps=achieved,
+    m = LevelMetrics(window_s=10.0, requests=int(load * 10), expected=int(load * 10), completed=int(achieved * 10), achieved_rps=achieved,
                      scheduled_rps=load, output_tok_s=tok_s, attainment=attainment,
                      slo_percentiles={"ttft_ms": ttft_p99})
     m.e2e.p50 = e2e_p50
@@ -246,7 +246,7 @@ def test_saturation_is_last_level_before_first_failure():
     sat = saturation_point(levels, 99.0, AnalysisConfig())
     assert sat.level == 2 and sat.load == 8 and sat.throughput_rps == 7.5
     assert sat.reached and sat.first_failing_level == 3
-    assert "12 req/s < 0.9" in sat.reason
+    assert "completed 120 requests in the window < 0.9 × 160 expected" in sat.reason
     assert "kept up" in sat.rule
 
 
