@@ -270,7 +270,7 @@ def validate(cfg: LoadgenConfig) -> LoadgenConfig:
         _require(str(u).startswith(("http://", "https://")), f"target.urls[{i}]", "an http(s) base URL ending in /v1", u)
     for key in ("timeout_s", "stall_timeout_s", "connect_timeout_s", "scrape_interval_s"):
         v = getattr(t, key)
-        _require(v > 0, f"target.{key}", "a positive number of seconds", v)
+        _require(0 < v < math.inf, f"target.{key}", "a positive, finite number of seconds", v)
     if t.api_key_env is not None:
         _require(
             t.api_key_env in os.environ,
@@ -294,10 +294,10 @@ def validate(cfg: LoadgenConfig) -> LoadgenConfig:
             "a positive number (req/s for open loop, streams for closed loop)",
             v,
         )
-    _require(ld.duration_s > 0, "load.duration_s", "a positive number of seconds (every level is bounded)", ld.duration_s)
+    _require(0 < ld.duration_s < math.inf, "load.duration_s", "a positive, finite number of seconds (every level is bounded)", ld.duration_s)
     _require(ld.max_requests > 0, "load.max_requests", "a positive request cap per level", ld.max_requests)
     _require(0 <= ld.warmup_s < ld.duration_s, "load.warmup_s", "0 <= warmup_s < load.duration_s", ld.warmup_s)
-    _require(ld.drain_s >= 0, "load.drain_s", "a non-negative number of seconds", ld.drain_s)
+    _require(0 <= ld.drain_s < math.inf, "load.drain_s", "a non-negative, finite number of seconds", ld.drain_s)
     if ld.shape != "steady":
         _require(0 <= ld.step_at_s < ld.duration_s, "load.step_at_s", "a time within the level: 0 <= step_at_s < load.duration_s", ld.step_at_s)
         _require(ld.step_from >= 0, "load.step_from", "a non-negative rate in req/s", ld.step_from)
@@ -323,7 +323,7 @@ def validate(cfg: LoadgenConfig) -> LoadgenConfig:
     _require(0 < cfg.slo.attainment <= 1, "slo.attainment", "a fraction in (0, 1]", cfg.slo.attainment)
     _require(0 < cfg.analysis.saturation_tolerance <= 1, "analysis.saturation_tolerance", "a fraction in (0, 1]", cfg.analysis.saturation_tolerance)
     _require(0 < cfg.analysis.scaling_efficiency <= 1, "analysis.scaling_efficiency", "a fraction in (0, 1]", cfg.analysis.scaling_efficiency)
-    _require(cfg.max_run_s > 0, "max_run_s", "a positive number of seconds", cfg.max_run_s)
+    _require(0 < cfg.max_run_s < math.inf, "max_run_s", "a positive, finite number of seconds", cfg.max_run_s)
     return cfg
 
 
