@@ -337,7 +337,7 @@ class LevelMetrics:
     completed: int = 0  # ok requests that ended in the window
     achieved_rps: float = 0.0  # completed / window_s
     scheduled_rps: float = 0.0  # requests / window_s: the load actually offered in the window
-    expected: int = 0  # completions the window should hold if the server kept up (see level_metrics)
+    expected: int = 0  # completions the window should hold if the server kept up: the requests scheduled in it
     output_tok_s: float = 0.0  # output tokens arriving in the window / window_s
     streamed: bool = False  # whether any request streamed content chunks
     ttft: Dist = field(default_factory=Dist)
@@ -373,12 +373,6 @@ def level_metrics(
     tokens = chunk_scan.tokens_in_window + float(times.output_tokens[unstreamed_done].sum())
     completed = int(np.count_nonzero(ended & times.ok))
     requests = int(np.count_nonzero(in_window))
-    # A server that keeps up completes, inside the window, what was scheduled one typical
-    # latency earlier: shift the schedule by the median queued E2E before counting.
-    queued_e2e, valid = times.queued_e2e()
-    done = valid & times.ok
-    shift = int(np.median(queued_e2e[done])) if np.any(done) else 0
-    expected = int(np.count_nonzero(window.contains(np.where(times.scheduled == MISSING, MISSING, times.scheduled + shift))))
     seconds = window.seconds if window.seconds > 0 else float("inf")  # an empty level has no rates
 
     def dist(metric: tuple[np.ndarray, np.ndarray], rows: np.ndarray = measured) -> np.ndarray:
@@ -405,7 +399,7 @@ def level_metrics(
         completed=completed,
         achieved_rps=completed / seconds,
         scheduled_rps=requests / seconds,
-        expected=expected,
+        expected=requests,
         output_tok_s=tokens / seconds,
         streamed=streamed,
         ttft=ttft.dist_ms(),

@@ -20,7 +20,7 @@ from loadgen.config import AnalysisConfig, LoadConfig
 
 OPEN_RULE = (
     "highest offered load, scanning upwards, up to which every level kept up "
-    "(completed in its window ≥ {tol:g} × what it scheduled one median latency earlier, less one σ of count noise) and met its p{pct:g} SLOs"
+    "(completed in its window ≥ {tol:g} × scheduled in it, less one σ of count noise) and met its p{pct:g} SLOs"
 )
 CLOSED_RULE = (
     "highest concurrency, scanning upwards, up to which every level met its p{pct:g} SLOs and "
