@@ -218,35 +218,20 @@ def _run_one(
     if state.meta["levels"]:
         # Clocks drift: re-measure between levels (run.json keeps every measurement).
         clusters.sync_clocks(pool, clock, cfg.cluster.clock_sync_samples)
-    plan = plan_level(cursor, spec, load, len(pool))
-    runs = [
-        LevelRun(
-            level=spec.index,
-            mode=spec.mode,
-            value=spec.value,
-            duration_s=plan.duration_s,
-            drain_s=load.drain_s,
-            concurrency=plan.concurrency[w] if plan.concurrency else 0,
-            think_time_s=load.think_time_s if spec.mode == "concurrency" else cfg.workload.think_time_s,
-            max_concurrency=_share(load.max_concurrency, w, len(pool)),
-            max_requests=plan.max_requests[w] if plan.max_requests else 0,
-        )
-        for w in range(len(pool))
-    ]
-    # Shards travel and get unpacked first; the common start is set once every worker is ready.
-    ray.get([a.prepare_level.remote(r, ray.put(s)) for a, r, s in zip(pool.actors, runs, plan.shards)])
+    plan, live = _prepare(cfg, cursor, spec, pool, state, console)
     t0 = clock.now() + int(START_LEAD_S * 1e9) + pool.max_clock_uncertainty_ns()
-    futures = [actor.start_level.remote(t0) for actor in pool.actors]
+    futures = [pool.actors[w].start_level.remote(t0) for w in live]
 
     unit = {"rate": "req/s", "concurrency": "streams", "trace": "x trace speed"}[spec.mode]
     title = f"level {spec.index + 1}/{n_levels or '?'}  {spec.value:g} {unit}"
     results: dict[int, dict[str, Any]] = {}
     lost: dict[int, str] = {}
+    last_seen: dict[int, dict[str, Any]] = {}  # each worker's latest live counters
     stopped: Optional[str] = None
     queue_t: list[int] = []
     queue_n: list[int] = []
     with LevelProgress(console, title, plan.duration_s, enabled=cfg.progress) as progress:
-        pending = {f: w for w, f in enumerate(futures)}
+        pending = dict(zip(futures, live))
         while pending:
             ready, _ = ray.wait(list(pending), timeout=POLL_S, num_returns=len(pending))
             for ref in ready:
@@ -254,13 +239,14 @@ def _run_one(
                 try:
                     results[w] = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - a dead worker is data, not a crash
-                    lost[w] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                    lost[w] = _reason(exc)
             if stop.is_set() and not stopped:
                 stopped = "interrupted"
                 for w in pending.values():
                     pool.actors[w].stop.remote(STOP_GRACE_S)
                 console.print(f"[yellow]stopping: in-flight requests get {STOP_GRACE_S:g} s, then are cancelled[/]")
             counters = _poll(pool, pending.values())
+            last_seen.update((c["worker_id"], c) for c in counters)
             if counters:
                 elapsed = (clock.now() - t0) / 1e9
                 progress.update(max(0.0, elapsed), counters)
@@ -274,16 +260,74 @@ def _run_one(
                             pool.actors[w].stop.remote(0.5)
                         console.print("[yellow]in-flight requests keep growing: the level is over-saturated, stopping it early[/]")
 
-    entry = _level_entry(state.run_dir, cfg, plan, t0, clock.now(), results, lost)
+    shards = dict(zip(live, plan.shards))
+    entry = _level_entry(state.run_dir, cfg, plan, t0, clock.now(), results, lost, shards, last_seen)
     entry["stopped_early"] = stopped
     entry["driver_cpu_s"] = time.process_time() - driver_cpu0
     state.meta["levels"].append(entry)
     for w, why in lost.items():
-        state.meta["workers"][w]["alive"] = False
-        state.meta["workers"][w]["lost_reason"] = why
+        _mark_lost(state, w, why)
     state.save()
     _print_level(console, entry)
     return entry
+
+
+def _prepare(
+    cfg: LoadgenConfig, cursor: RequestCursor, spec: LevelSpec, pool, state: RunState, console: Console
+) -> tuple[LevelPlan, list[int]]:
+    """Plan the level over the living workers and hand each its shard; return the plan and those workers.
+
+    A worker found dead here is marked lost and the level is planned again over
+    the others, so the level still offers its full load.
+    """
+    import ray
+
+    load = cfg.load
+    while True:
+        live = [w for w, info in enumerate(state.meta["workers"]) if info.get("alive", True)]
+        if not live:
+            raise clusters.ClusterError("every worker actor was lost: none is left to send the remaining levels")
+        n = len(live)
+        plan = plan_level(cursor, spec, load, n)
+        runs = [
+            LevelRun(
+                level=spec.index,
+                mode=spec.mode,
+                value=spec.value,
+                duration_s=plan.duration_s,
+                drain_s=load.drain_s,
+                concurrency=plan.concurrency[i] if plan.concurrency else 0,
+                think_time_s=load.think_time_s if spec.mode == "concurrency" else cfg.workload.think_time_s,
+                max_concurrency=_share(load.max_concurrency, i, n),
+                max_requests=plan.max_requests[i] if plan.max_requests else 0,
+            )
+            for i in range(n)
+        ]
+        # Shards travel and get unpacked first; the common start is set once every worker is ready.
+        refs = {w: pool.actors[w].prepare_level.remote(r, ray.put(s)) for w, r, s in zip(live, runs, plan.shards)}
+        dead: dict[int, str] = {}
+        for w, ref in refs.items():
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                dead[w] = _reason(exc)
+        if not dead:
+            return plan, live
+        for w, why in dead.items():
+            _mark_lost(state, w, why)
+        state.save()
+        console.print(f"[yellow]workers {sorted(dead)} were lost before level {spec.index + 1}; it runs on the others[/]")
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a worker was lost, in one line."""
+    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}"
+
+
+def _mark_lost(state: RunState, w: int, why: str) -> None:
+    state.meta["workers"][w]["alive"] = False
+    state.meta["workers"][w]["lost_reason"] = why
 
 
 def _over_saturated(t_ns: list[int], in_flight: list[int]) -> bool:
@@ -321,6 +365,8 @@ def _level_entry(
     end_ns: int,
     results: dict[int, dict[str, Any]],
     lost: dict[int, str],
+    shards: dict[int, Any],
+    last_seen: dict[int, dict[str, Any]],
 ) -> dict[str, Any]:
     """The run.json entry of a level: boundaries, ledger, per-worker health, client-bound flag."""
     spec = plan.spec
@@ -331,16 +377,21 @@ def _level_entry(
         statuses.update(r["statuses"])
         not_sent.update(r["not_sent"])
         planned += r["planned"]
-    # A dead worker's flushed records are in the dataset; what it never flushed is lost.
-    lost_planned = 0
+    # A dead worker's flushed records are in the dataset. Of the rest of its shard, what its
+    # last polled counters (or its records) show as sent is lost; the remainder was never sent.
+    lost_sent = 0
     for w in lost:
         flushed = _flushed_statuses(run_dir, spec.index, w)
         statuses.update(flushed)
         n_flushed = sum(flushed.values())
-        shard_rows = plan.shards[w].num_rows if spec.mode != "concurrency" else n_flushed
-        planned += shard_rows
-        lost_planned += max(0, shard_rows - n_flushed)
-    sent = sum(statuses.values())
+        seen = last_seen.get(w, {})
+        sent_w = max(n_flushed, seen.get("sent", 0) if seen.get("level") == spec.index else 0)
+        planned_w = max(shards[w].num_rows, sent_w) if spec.mode != "concurrency" else sent_w
+        planned += planned_w
+        lost_sent += sent_w - n_flushed
+        if planned_w > sent_w:
+            not_sent["worker lost"] += planned_w - sent_w
+    sent = sum(statuses.values()) + lost_sent
     ledger = {
         "planned": planned,
         "sent": sent,
@@ -348,7 +399,7 @@ def _level_entry(
         "ok": statuses.get("ok", 0),
         "errors": {s: statuses.get(s, 0) for s in STATUSES if s not in ("ok", "cancelled")},
         "cancelled": statuses.get("cancelled", 0),
-        "lost": lost_planned,
+        "lost": lost_sent,
         "lost_workers": sorted(lost),
     }
     workers = [
@@ -411,8 +462,9 @@ def _print_level(console: Console, entry: dict[str, Any]) -> None:
         f"level {entry['level'] + 1}: {entry['value']:g} {entry['mode']}  sent {led['sent']}/{led['planned']}  "
         f"ok {led['ok']}  errors {errors}  cancelled {led['cancelled']}"
     )
-    if led["lost"]:
-        line += f"  lost {led['lost']} (workers {led['lost_workers']} died)"
+    if led["lost_workers"]:
+        unsent = led["not_sent"].get("worker lost", 0)
+        line += f"  [red]workers {led['lost_workers']} died: {led['lost']} sent but unrecorded, {unsent} never sent[/]"
     if entry["client_bound"]:
         line += f"  [yellow]client-bound (workers {entry['client_bound_workers']})[/]"
     console.print(line)

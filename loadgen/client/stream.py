@@ -6,9 +6,10 @@ output_tokens, prompt_tokens, response_id, status, http_status, error,
 attempts``. Nothing raises except cancellation; errors are record fields.
 
 The hot path avoids JSON-decoding every token: a chunk counts as a token when
-its ``"text"`` / ``"content"`` field holds a non-empty string; only the first
-event (for the response id), usage events and events without text (role-only
-chunks, keep-alives, anything malformed) are decoded.
+its ``"text"`` / ``"content"`` field holds a non-empty string and the event
+ends its JSON object; only the first event (for the response id), usage events
+and events without text (role-only chunks, keep-alives, anything malformed,
+including cut-off JSON) are decoded.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ async def _read_stream(resp: aiohttp.ClientResponse, rec: dict[str, Any], api: s
             if event == _DONE:
                 done = True
                 continue
-            if first_event or not _has_text(event, keys) or _has_usage(event):
+            # An event that does not end its JSON object was cut or garbled: decode it to say so.
+            if first_event or not event.endswith(b"}") or not _has_text(event, keys) or _has_usage(event):
                 try:
                     obj = json.loads(event)
                 except ValueError:
