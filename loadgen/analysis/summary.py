@@ -111,7 +111,9 @@ def analyze_run(
     if not meta:
         notes.append("run.json is missing: levels, windows and ledgers were derived from the records alone")
     elif meta.get("status") not in (None, "complete"):
-        notes.append(f"the run's status is '{meta.get('status')}': results cover what was recorded")
+        status = meta.get("status")
+        why = {"running": "still running, or killed", "interrupted": "stopped by Ctrl-C/SIGTERM", "failed": "it failed"}.get(status, status)
+        notes.append(f"the run did not finish (status '{status}': {why}): results cover what was recorded")
     notes += _run_notes(meta)
 
     levels: list[LevelSummary] = []

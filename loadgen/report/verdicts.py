@@ -152,6 +152,9 @@ def ledger_sentence(summary: RunSummary) -> str:
         f"Ledger: {ld.planned:,} planned = {ld.sent:,} sent + {not_sent:,} not sent; sent = {ld.ok:,} ok + "
         f"{ld.error_total:,} errors + {ld.cancelled:,} cancelled + {ld.lost:,} lost"
     )
+    by_class = ", ".join(f"{n:,} {kind}" for kind, n in sorted(ld.errors.items()) if n)
+    if by_class:
+        text += f" (errors: {by_class})"
     problems = [f"level {lv.level}: {p}" for lv in summary.levels for p in lv.ledger.problems()] or ld.problems()
     return text + (" — closes." if not problems else " — DOES NOT CLOSE: " + "; ".join(problems) + ".")
 
