@@ -29,6 +29,7 @@ from loadgen import cluster as clusters
 from loadgen.config import LoadgenConfig, api_key, redact
 from loadgen.progress import LevelProgress
 from loadgen.records import STATUSES
+from loadgen.scrape import MetricsScraper, scraper_for
 from loadgen.schedule import LevelPlan, LevelSpec, RequestCursor, level_specs, plan_level
 from loadgen.target import ResolvedTarget, resolve
 from loadgen.worker import LevelRun, TargetSpec
@@ -47,6 +48,7 @@ class RunState:
 
     run_dir: str
     meta: dict[str, Any] = field(default_factory=dict)
+    scraper: Optional[MetricsScraper] = None  # the target's Prometheus metrics, sampled during levels
 
     def save(self) -> None:
         """Write run.json atomically."""
@@ -130,6 +132,11 @@ def run(cfg: LoadgenConfig, run_dir: str, *, console: Optional[Console] = None, 
     console.print(f"target: {target.base_url} (model {target.model}, {target.kind})")
     started_ray = False
     pool = None
+    headers = {"Authorization": f"Bearer {api_key(cfg.target)}"} if api_key(cfg.target) else None
+    state.scraper = scraper_for(
+        target.root_url, target.engine, cfg.target.metrics_path, cfg.target.scrape_interval_s,
+        headers=headers, on_problem=lambda msg: console.print(f"[yellow]{msg}[/]", highlight=False),
+    )
     try:
         started_ray = clusters.connect(cfg.cluster)
         spec = TargetSpec(base_url=target.base_url, model=target.model, config=cfg.target, api_key=api_key(cfg.target))
@@ -150,6 +157,10 @@ def run(cfg: LoadgenConfig, run_dir: str, *, console: Optional[Console] = None, 
         state.meta["status"] = "failed"
         raise
     finally:
+        if state.scraper is not None:
+            state.scraper.stop()
+            state.scraper.write(run_dir)
+            state.meta["server_metrics"] = state.scraper.summary()
         state.meta["finished_at"] = _now_iso()
         state.save()
         if pool is not None:
@@ -219,6 +230,9 @@ def _run_one(
         # Clocks drift: re-measure between levels (run.json keeps every measurement).
         clusters.sync_clocks(pool, clock, cfg.cluster.clock_sync_samples)
     plan, live = _prepare(cfg, cursor, spec, pool, state, console)
+    if state.scraper is not None:
+        state.scraper.set_level(spec.index)
+        state.scraper.start()
     t0 = clock.now() + int(START_LEAD_S * 1e9) + pool.max_clock_uncertainty_ns()
     futures = [pool.actors[w].start_level.remote(t0) for w in live]
 

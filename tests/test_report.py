@@ -58,8 +58,8 @@ def make_run(run_dir: str, slowdown: float = 1.0) -> None:
             t = base + s * 1000 * MS
             telemetry += [{"t_ns": t, "level": n, "worker_id": w, "loop_lag_ms": 1.0, "cpu_percent": 10.0,
                            "in_flight": 2, "sent": 0, "completed": 0} for w in (0, 1)]
-            server += [{"t_ns": t, "level": n, "name": "vllm:num_requests_running", "labels": "{}", "value": 3.0},
-                       {"t_ns": t, "level": n, "name": "vllm:gpu_cache_usage_perc", "labels": "{}", "value": 0.4}]
+            server += [{"t_ns": t, "level": n, "name": "running", "metric": "vllm:num_requests_running", "labels": "{}", "value": 3.0},
+                       {"t_ns": t, "level": n, "name": "kv_cache_usage", "metric": "vllm:gpu_cache_usage_perc", "labels": "{}", "value": 0.4}]
     os.makedirs(os.path.join(run_dir, "telemetry", "worker=0"), exist_ok=True)
     pq.write_table(pa.Table.from_pylist(telemetry), os.path.join(run_dir, "telemetry", "worker=0", "part-0.parquet"))
     pq.write_table(pa.Table.from_pylist(server), os.path.join(run_dir, "server_metrics.parquet"))

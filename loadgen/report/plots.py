@@ -30,12 +30,8 @@ from loadgen.report.verdicts import load_words, num
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 DPI = 110
-#: Prometheus series shown on the timeline, by what they mean (vLLM, SGLang, llama.cpp, TGI names).
-SERVER_SERIES = {
-    "running": ("vllm:num_requests_running", "sglang:num_running_reqs", "llamacpp:requests_processing", "tgi_batch_current_size"),
-    "waiting": ("vllm:num_requests_waiting", "sglang:num_queue_reqs", "llamacpp:requests_deferred", "tgi_queue_size"),
-    "kv": ("vllm:gpu_cache_usage_perc", "vllm:kv_cache_usage_perc", "sglang:token_usage", "llamacpp:kv_cache_usage_ratio"),
-}
+#: Server series shown on the timeline, by their canonical names (loadgen.scrape maps each engine's).
+SERVER_SERIES = {"running": "running", "waiting": "waiting", "kv": "kv_cache_usage"}
 
 
 def _save(fig: Figure, path: str) -> str:
@@ -209,11 +205,10 @@ def _server_series(metrics: pa.Table, t0: int) -> dict[str, tuple[np.ndarray, np
     """Each server series (summed over label sets per sample time) as (seconds since t0, values)."""
     out = {}
     names = metrics.column("name")
-    for kind, candidates in SERVER_SERIES.items():
-        present = [n for n in candidates if pc.any(pc.equal(names, n)).as_py()]
-        if not present:
+    for kind, canonical in SERVER_SERIES.items():
+        rows = metrics.filter(pc.equal(names, canonical))
+        if not rows.num_rows:
             continue
-        rows = metrics.filter(pc.equal(names, present[0]))
         t = rows.column("t_ns").to_numpy()
         v = pc.fill_null(rows.column("value"), 0.0).to_numpy().astype(np.float64)
         ts, inverse = np.unique(t, return_inverse=True)
