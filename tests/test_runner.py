@@ -48,7 +48,7 @@ def _judge(tmp_path, hog: bool) -> dict:
     ledger, t0, table = asyncio.run(_level(tmp_path, hog))
     cfg = LoadgenConfig(load=LoadConfig(duration_s=1.5, warmup_s=0.2))
     plan = LevelPlan(spec=LevelSpec(0, "rate", 40.0), shards=[table], planned=60, offered_rps=40.0, duration_s=1.5)
-    entry = _level_entry(str(tmp_path), cfg, plan, t0, t0 + 3 * 10**9, {0: ledger}, {})
+    entry = _level_entry(str(tmp_path), cfg, plan, t0, t0 + 3 * 10**9, {0: ledger}, {}, {0: table}, {})
     state = RunState(str(tmp_path), {"run_id": "t", "status": "complete", "config": {}, "levels": [entry]})
     state.save()
     return entry
