@@ -47,7 +47,15 @@ def level_table(summary: RunSummary) -> Table:
         columns.append("queued E2E p99 ms")
     columns += ["errors", "goodput req/s", "flags"]
     for c in columns:
-        table.add_column(c, justify="left" if c == "flags" else "right", overflow="fold")
+        if c == "flags":
+            table.add_column(c, justify="left", overflow="fold", min_width=14)
+        else:
+            # Headers break before their last word (the unit, or the percentile), numbers never do.
+            head, _, tail = c.rpartition(" ")
+            if head.endswith((" p50", " p99")):
+                head, _, pre = head.rpartition(" ")
+                tail = f"{pre} {tail}"
+            table.add_column(f"{head}\n{tail}" if head else c, justify="right", no_wrap=True)
     for lv in sorted(summary.levels, key=lambda lv: (not lv.open_loop, lv.load)):
         m = lv.metrics
         row = [str(lv.level), num(lv.load), num(m.achieved_rps), num(m.output_tok_s)]
