@@ -10,6 +10,7 @@ once per kind, never raised; a 404 on the first scrape turns scraping off.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -59,12 +60,14 @@ METRIC_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
     "vllm": _VLLM,
     "sim": _VLLM,  # loadgen's simulator speaks vLLM's names
     # llama.cpp's llama-server with --metrics; checked against the build in ../shared/real_engine
-    # (0.5.0-dev, commit 0c1e570). Newer builds no longer export KV-cache usage; there is no
-    # prefix-cache counter (prompt caching is per slot).
+    # (0.5.0-dev, commit 0c1e570), which no longer exports kv_cache_usage_ratio (older builds
+    # did). Its token counters grow when a request finishes, not per token; prompt_tokens_total
+    # excludes the prompt tokens reused from a slot's cache, which prompt_tokens_cached_total counts.
     "llamacpp": {
         "running": ("llamacpp:requests_processing",),
         "waiting": ("llamacpp:requests_deferred",),
         "kv_cache_usage": ("llamacpp:kv_cache_usage_ratio",),
+        "prefix_cache_hits": ("llamacpp:prompt_tokens_cached_total",),
         "generation_tokens": ("llamacpp:tokens_predicted_total",),
         "prompt_tokens": ("llamacpp:prompt_tokens_total",),
     },
@@ -133,10 +136,7 @@ def names_for(engine: str) -> dict[str, tuple[str, ...]]:
 
 def parse_metrics(text: str, names: Mapping[str, Sequence[str]]) -> list[tuple[str, str, str, float]]:
     """The kept samples of one scrape as ``(name, metric, labels_json, value)``; ValueError if unparseable."""
-    wanted: dict[str, list[str]] = {}
-    for canonical, metrics in names.items():
-        for metric in metrics:
-            wanted.setdefault(metric, []).append(canonical)
+    wanted = {metric for metrics in names.values() for metric in metrics}
     # Only the wanted sample lines go to the parser: vLLM exports ~450 histogram samples per
     # scrape and parsing them all costs ~25 ms of the driver's CPU each time.
     lines = [line for line in text.splitlines() if line and line[0] != "#" and _sample_name(line) in wanted]
@@ -222,11 +222,11 @@ class MetricsScraper:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             began = time.monotonic()
+            self._wake.clear()  # a set_level() from here on wakes the next wait at once
             self.scrape_once()
             if self.disabled:
                 return
             self._wake.wait(max(0.0, self.interval_s - (time.monotonic() - began)))
-            self._wake.clear()
 
     def scrape_once(self) -> int:
         """Fetch and parse one sample now; return the number of rows kept (0 on failure)."""
@@ -246,7 +246,7 @@ class MetricsScraper:
                 )
                 return 0
             return self._fail(f"HTTP {exc.code}")
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             return self._fail(reason if isinstance(reason, str) else f"{type(reason).__name__}: {reason}")
         try:

@@ -314,7 +314,7 @@ class WorkerCore:
 
         streams = [st.spawn(stream()) for _ in range(run.concurrency)]
         # Return when sending should stop; requests still in flight are the drain's business.
-        while not self._stop.is_set():
+        while streams and not self._stop.is_set():
             remaining = (end_ns - self.now()) / 1e9
             if remaining <= 0:
                 break

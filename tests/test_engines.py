@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import statistics
 import subprocess
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -89,7 +91,7 @@ def engine_url(request: pytest.FixtureRequest) -> Iterator[str]:
     assert setup.returncode == 0, f"setup.sh {engine} failed:\n{setup.stderr[-3000:]}"
 
     port = free_port()
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"loadgen-test-{engine}-{port}.log"
+    log = Path(tempfile.gettempdir()) / f"loadgen-test-{engine}-{port}.log"
     proc = subprocess.Popen(
         [str(here / "start.sh"), str(port), engine],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "LOG": str(log)},
@@ -138,8 +140,8 @@ def check_sweep(run_dir: Path, meta: dict) -> None:
     for rec in records.to_pylist():
         by_level[rec["level"]].append(rec)
 
-    ttft_ms: dict[int, float] = {}
-    tokens_per_s: dict[int, float] = {}
+    queueing: dict[int, float] = {}
+    gain: dict[int, float] = {}
     for c, lv in levels.items():
         led = lv["ledger"]
         recs = by_level[lv["level"]]
@@ -148,21 +150,24 @@ def check_sweep(run_dir: Path, meta: dict) -> None:
         assert led["planned"] == led["sent"] + sum(led["not_sent"].values()) + led["lost"]
         assert led["ok"] == led["sent"], f"level {c}: {[r['error'] for r in recs if r['status'] != 'ok'][:3]}"
         for r in recs:
-            assert r["output_tokens_expected"] == OUTPUT_TOKENS
-            assert r["output_tokens"] == OUTPUT_TOKENS == len(r["chunk_ns"]), r["request_id"]
+            assert r["output_tokens_expected"] == r["output_tokens"] == OUTPUT_TOKENS, r["request_id"]
+            # One token per event, except that a token ending mid-character (the random model emits
+            # byte-fallback tokens) carries no text until the next one completes it.
+            assert OUTPUT_TOKENS - 4 <= len(r["chunk_ns"]) <= OUTPUT_TOKENS, r["request_id"]
             assert r["prompt_tokens"] and r["response_id"]
-        ttft_ms[c] = sum(r["first_token_ns"] - r["sent_ns"] for r in recs) / len(recs) / 1e6
-        # tokens that arrived inside the steady window: immune to how many requests happened to finish in it
-        a, b = lv["steady_start_ns"], lv["steady_end_ns"]
-        tokens_per_s[c] = sum(a <= t < b for r in recs for t in r["chunk_ns"]) / ((b - a) / 1e9)
+        queueing[c], gain[c] = _queueing_and_batching(recs, lv["steady_start_ns"], lv["steady_end_ns"])
 
-    report = f"TTFT ms {ttft_ms}, output tok/s {tokens_per_s}"
-    # Past 8 streams, half the requests wait for a slot: their TTFT includes a whole request.
-    assert ttft_ms[16] > 2 * ttft_ms[4] and ttft_ms[16] > ttft_ms[8], report
-    # Batching pays below the slot count; past it the server's token rate stays put (linear
-    # scaling would double it; 1.5x leaves room for a noisy shared machine).
-    assert tokens_per_s[8] > tokens_per_s[1], report
-    assert tokens_per_s[16] <= 1.5 * tokens_per_s[8], report
+    # Other jobs on a shared 2-core machine can make one level several times slower than the
+    # next, so raw latencies and tokens/s are not compared across levels. Two speed-free views:
+    # TTFT in units of the same level's decode time, and the batching gain (tokens/s in the steady
+    # window over one stream's decode rate: about how many streams decode at once).
+    report = f"TTFT / decode time {_fmt(queueing)}; batching gain {_fmt(gain)}"
+    # Past 8 streams a request waits for a whole request ahead of it to finish first, so its
+    # TTFT gains at least one prefill plus one decode time (about 2x + 1 of the 8-stream ratio).
+    assert queueing[16] > 1.5 * max(queueing[4], queueing[8]), report
+    # batching pays below the slot count, and stops paying past it
+    assert gain[8] > 3 * gain[1], report
+    assert gain[16] <= 1.3 * gain[8], report
 
     path = run_dir / "server_metrics.parquet"
     assert path.exists(), "server_metrics.parquet missing: is loadgen.scrape wired into the runner?"
@@ -177,11 +182,29 @@ def check_sweep(run_dir: Path, meta: dict) -> None:
     assert max(first.filter(pc.equal(first.column("name"), "running")).column("value").to_pylist()) <= 1
 
 
+def _queueing_and_batching(recs: list[dict], start_ns: int, end_ns: int) -> tuple[float, float]:
+    """A level's mean TTFT over its mean decode time, and its tokens/s in the window over the median stream's decode rate."""
+    ttft = statistics.mean(r["first_token_ns"] - r["sent_ns"] for r in recs)
+    decode = statistics.mean(r["end_ns"] - r["first_token_ns"] for r in recs)
+    in_window = [[t for t in r["chunk_ns"] if start_ns <= t < end_ns] for r in recs]
+    tokens_per_s = sum(map(len, in_window)) / ((end_ns - start_ns) / 1e9)
+    stream_rates = [(len(c) - 1) / ((c[-1] - c[0]) / 1e9) for c in in_window if len(c) >= 3]
+    assert stream_rates, "no request decoded inside the steady window"
+    return ttft / decode, tokens_per_s / statistics.median(stream_rates)
+
+
+def _fmt(values: dict[int, float]) -> str:
+    return ", ".join(f"{c}: {v:.2f}" for c, v in sorted(values.items()))
+
+
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("engine_url", ["vllm"], indirect=True)
 def test_vllm_cpu_sweep(engine_url: str, tmp_path: Path) -> None:
     meta = run(sweep(engine_url, "vllm"), str(tmp_path / "run"))
     check_sweep(tmp_path / "run", meta)
+    # vLLM adopts the X-Request-Id header: its response ids join with loadgen's request ids
+    records = read_records(str(tmp_path / "run")).select(["request_id", "response_id"]).to_pylist()
+    assert all(r["response_id"] == f"cmpl-{r['request_id']}" for r in records)
 
 
 @pytest.mark.timeout(3600)

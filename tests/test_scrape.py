@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
 
-from loadgen.scrape import SERVER_METRICS_SCHEMA, MetricsScraper, names_for, parse_metrics, scraper_for
+from loadgen.scrape import CANONICAL, METRIC_NAMES, SERVER_METRICS_SCHEMA, MetricsScraper, names_for, parse_metrics, scraper_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 
@@ -34,6 +34,7 @@ ENGINE_SERIES = {
     "llamacpp": {
         "running": "llamacpp:requests_processing",
         "waiting": "llamacpp:requests_deferred",
+        "prefix_cache_hits": "llamacpp:prompt_tokens_cached_total",
         "generation_tokens": "llamacpp:tokens_predicted_total",
         "prompt_tokens": "llamacpp:prompt_tokens_total",
     },
@@ -64,6 +65,13 @@ def test_parse_real_engine_metrics(engine: str) -> None:
     # captured under load: 8 requests running and 4 queued behind them
     assert rows["running"] == [8.0]
     assert rows["waiting"] == [4.0]
+
+
+def test_every_engine_maps_only_canonical_names() -> None:
+    for engine, table in METRIC_NAMES.items():
+        assert set(table) <= set(CANONICAL), engine
+        assert {"running", "waiting", "generation_tokens", "prompt_tokens"} <= set(table), engine
+    assert names_for("sim") == names_for("vllm")
 
 
 def test_parse_keeps_labels_and_engine_name() -> None:
@@ -288,3 +296,30 @@ def test_slow_server_times_out_and_stop_is_bounded() -> None:
         scraper.stop()
         assert time.monotonic() - began < 0.3 + 1.0
     assert "timed out" in " ".join(scraper.failures)
+
+
+def test_a_server_that_does_not_speak_http_is_counted() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def answer_garbage() -> None:
+        for _ in range(3):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"SSH-2.0-not-http\r\n\r\n")
+
+    server = threading.Thread(target=answer_garbage, daemon=True)
+    server.start()
+    problems: list[str] = []
+    scraper = scraper_for(f"http://127.0.0.1:{port}", "vllm", "/metrics", 0.02, on_problem=problems.append)
+    scraper.start()
+    wait_for(lambda: sum(scraper.failures.values()) >= 3)
+    listener.close()  # later attempts are refused instead of waiting for a timeout
+    scraper.stop()
+    server.join(5)
+    assert not scraper_threads()
+    assert scraper.failures["BadStatusLine: SSH-2.0-not-http\r\n"] == 3 and scraper.table().num_rows == 0
+    assert len(problems) == len(scraper.failures)

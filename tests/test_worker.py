@@ -177,3 +177,10 @@ def test_stop_cancels_in_flight_and_counts_unsent(tmp_path):
 def test_socket_limit_error_names_the_fix():
     with pytest.raises(ClientLimitError, match="ulimit -n"):
         check_socket_limits(10**7, worker_id=3)
+
+
+def test_a_worker_with_no_streams_in_a_closed_loop_level_just_finishes(tmp_path):
+    ledger, server, _ = asyncio.run(
+        run_level(tmp_path, shard(0), dict(mode="concurrency", value=1, concurrency=0, duration_s=0.3, drain_s=1, max_requests=0))
+    )
+    assert ledger["sent"] == ledger["planned"] == 0 and server.seen == []
