@@ -201,6 +201,9 @@ class WorkerCore:
         )
         self._stop = asyncio.Event()
         self._telemetry_writer = self.sink.telemetry(self.worker_id)
+        # The first Parquet write (thread pool, codec, writer set-up) stalls for tens of ms:
+        # pay it now rather than in the middle of the first level.
+        await asyncio.get_running_loop().run_in_executor(None, _warm_up_writer)
 
     async def close(self) -> None:
         """Close the HTTP session."""
@@ -556,6 +559,15 @@ class _LevelState:
             "cpu_percent": float(np.mean(self.cpu_samples)) if self.cpu_samples else None,
             "records_written": self.core.sink.records(self.run.level, self.core.worker_id).rows,
         }
+
+
+def _warm_up_writer() -> None:
+    """Write one record to memory the way a flush writes parts."""
+    import pyarrow.parquet as pq
+
+    buffer = RecordBuffer()
+    buffer.append({"request_id": "warm-up", "chunk_ns": [0]})
+    pq.write_table(pa.Table.from_batches([to_batch(buffer.take())]), pa.BufferOutputStream(), compression="zstd")
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
