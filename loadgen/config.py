@@ -179,8 +179,8 @@ class ClusterConfig:
     flush_interval_s: float = 2.0  # records are flushed to a new Parquet part at least this often
     records_uri: Optional[str] = None  # write records straight to this pyarrow.fs URI (e.g. s3://b/run)
     clock_sync_samples: int = 8  # clock-offset samples per worker (minimum-RTT one is kept)
-    loop_lag_warn_ms: float = 20.0  # a worker whose event-loop lag passes this is client-bound
-    schedule_lag_warn_ms: float = 20.0  # p99 send lag behind schedule that marks a level client-bound
+    loop_lag_warn_ms: float = 10.0  # a worker whose event-loop lag (p99 over a level) passes this is client-bound
+    schedule_lag_warn_ms: float = 10.0  # p99 send lag behind schedule that marks a level client-bound
     collect: str = "auto"  # auto: workers off the driver's node send records through Ray | driver: all do | direct: all write to the run dir (shared filesystem)
     max_batches_in_flight: int = 4  # per worker: batches on their way to the collector before flushing waits
     ship_code: bool = True  # ray: ship this loadgen package to the cluster's workers (runtime_env py_modules)
