@@ -110,17 +110,26 @@ async def _first_model(session: aiohttp.ClientSession, base_url: str) -> str:
     return models[0]
 
 
+PROBE_ATTEMPTS = 3
+
+
 async def _probe(session: aiohttp.ClientSession, target: TargetConfig, base_url: str, model: str) -> None:
+    """One tiny request must succeed; a transient failure (5xx, 429, broken connection) gets two more tries."""
     url = url_for(base_url, target.api)
     body = request_body(target, model, prompt="Hello", messages=None, output_tokens=2)
-    try:
-        async with session.post(url, data=body) as resp:
-            text = await resp.text()
-            if resp.status != 200:
-                raise TargetError(
-                    f"probe request POST {url} (model {model!r}) answered HTTP {resp.status}: {text[:300]!r}"
-                )
-    except aiohttp.ClientError as exc:
-        raise TargetError(f"probe request POST {url} failed: {exc}") from None
-    except asyncio.TimeoutError:
-        raise TargetError(f"probe request POST {url} timed out") from None
+    problem = ""
+    for attempt in range(1, PROBE_ATTEMPTS + 1):
+        headers = {"X-Request-Id": f"loadgen-probe-{attempt}"}
+        try:
+            async with session.post(url, data=body, headers=headers) as resp:
+                text = await resp.text()
+                if resp.status == 200:
+                    return
+                problem = f"answered HTTP {resp.status}: {text[:300]!r}"
+                if resp.status < 500 and resp.status != 429:
+                    break  # a client error will not go away by asking again
+        except aiohttp.ClientError as exc:
+            problem = f"failed: {exc}"
+        except asyncio.TimeoutError:
+            problem = "timed out"
+    raise TargetError(f"probe request POST {url} (model {model!r}) {problem} (after {attempt} attempt{'s' if attempt > 1 else ''})")

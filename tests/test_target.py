@@ -1,0 +1,67 @@
+"""Target checks before any load: model discovery and the probe request."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import web
+
+from loadgen.config import TargetConfig
+from loadgen.target import TargetError, _check
+
+
+async def _serve(statuses: list[int], seen: list[str]) -> tuple[web.AppRunner, str]:
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "m1"}, {"id": "m2"}]})
+
+    async def complete(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("X-Request-Id", ""))
+        status = statuses.pop(0) if statuses else 200
+        return web.json_response({"id": "x", "error": "nope"} if status != 200 else {"id": "x"}, status=status)
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/completions", complete)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+
+
+def _run(statuses: list[int]) -> tuple[str | Exception, list[str]]:
+    seen: list[str] = []
+
+    async def go():
+        runner, base = await _serve(statuses, seen)
+        try:
+            return await _check(TargetConfig(kind="openai", url=base), base)
+        except TargetError as exc:
+            return exc
+        finally:
+            await runner.cleanup()
+
+    return asyncio.run(go()), seen
+
+
+def test_model_defaults_to_the_first_listed_and_probe_passes():
+    model, seen = _run([])
+    assert model == "m1" and seen == ["loadgen-probe-1"]
+
+
+def test_transient_probe_failures_are_retried():
+    model, seen = _run([503, 429])
+    assert model == "m1" and seen == ["loadgen-probe-1", "loadgen-probe-2", "loadgen-probe-3"]
+
+
+def test_a_failing_server_fails_fast_with_url_and_status():
+    err, seen = _run([503, 503, 503])
+    assert isinstance(err, TargetError) and "HTTP 503" in str(err) and "/v1/completions" in str(err)
+    assert "3 attempts" in str(err) and len(seen) == 3
+
+
+@pytest.mark.parametrize("status", [400, 404])
+def test_client_errors_are_not_retried(status):
+    err, seen = _run([status])
+    assert isinstance(err, TargetError) and f"HTTP {status}" in str(err) and len(seen) == 1
