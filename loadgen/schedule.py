@@ -230,16 +230,7 @@ def _take_sessions(cursor: RequestCursor, offsets: np.ndarray) -> tuple[pa.Table
     chosen = (cursor.pos + np.arange(len(offsets))) % max(n_sessions, 1)
     cursor.pos += len(offsets)
     sess_of_chosen = sessions[starts[chosen]]
-    order = np.argsort(sessions, kind="stable")
-    bounds = np.searchsorted(sessions[order], np.arange(sessions.max() + 2))
-    idx: list[np.ndarray] = []
-    sched: list[np.ndarray] = []
-    for off, s in zip(offsets, sess_of_chosen):
-        members = order[bounds[s] : bounds[s + 1]]
-        turns = table.column("turn").take(pa.array(members)).fill_null(0).to_numpy()
-        members = members[np.argsort(turns, kind="stable")]
-        idx.append(members)
-        sched.append(np.concatenate(([off], np.full(len(members) - 1, np.nan))))
+    idx, scheduled = _session_rows(table, sessions, sess_of_chosen, offsets)
     if not idx:
         return table.slice(0, 0), pa.array([], pa.float64())
     all_idx = np.concatenate(idx)
@@ -254,8 +245,23 @@ def _take_sessions(cursor: RequestCursor, offsets: np.ndarray) -> tuple[pa.Table
             rows = rows.set_column(
                 rows.schema.get_field_index(col), col, pa.array(np.char.add(vals, suffix).tolist(), pa.string())
             )
-    scheduled = np.concatenate(sched)
     return rows, pa.array(scheduled, pa.float64(), mask=np.isnan(scheduled))
+
+
+def _session_rows(
+    table: pa.Table, sessions: np.ndarray, chosen: np.ndarray, offsets: np.ndarray
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Row indices of each chosen session in turn order, and their offsets (turn 0 only; NaN after)."""
+    order = np.argsort(sessions, kind="stable")
+    bounds = np.searchsorted(sessions[order], np.arange(sessions.max() + 2))
+    turns = table.column("turn").fill_null(0).to_numpy()
+    idx: list[np.ndarray] = []
+    sched: list[np.ndarray] = []
+    for s_id, off in zip(chosen, offsets):
+        members = order[bounds[s_id] : bounds[s_id + 1]]
+        idx.append(members[np.argsort(turns[members], kind="stable")])
+        sched.append(np.concatenate(([off], np.full(len(members) - 1, np.nan))))
+    return idx, (np.concatenate(sched) if sched else np.empty(0))
 
 
 def plan_trace(cursor: RequestCursor, spec: LevelSpec, load: LoadConfig, workers: int) -> LevelPlan:
@@ -276,18 +282,8 @@ def plan_trace(cursor: RequestCursor, spec: LevelSpec, load: LoadConfig, workers
     if sessions is None:
         rows, scheduled = table.take(pa.array(starts, pa.int64())), offsets
     else:
-        order = np.argsort(sessions, kind="stable")
-        bounds = np.searchsorted(sessions[order], np.arange(sessions.max() + 2))
-        turns = table.column("turn").fill_null(0).to_numpy()
-        idx, sched = [], []
-        for row, off in zip(starts, offsets):
-            s_id = sessions[row]
-            members = order[bounds[s_id] : bounds[s_id + 1]]
-            members = members[np.argsort(turns[members], kind="stable")]
-            idx.append(members)
-            sched.append(np.concatenate(([off], np.full(len(members) - 1, np.nan))))
+        idx, scheduled = _session_rows(table, sessions, sessions[starts], offsets)
         rows = table.take(pa.array(np.concatenate(idx) if idx else np.empty(0, np.int64), pa.int64()))
-        scheduled = np.concatenate(sched) if sched else np.empty(0)
     planned = rows.append_column("scheduled_s", pa.array(scheduled, pa.float64(), mask=np.isnan(scheduled)))
     return LevelPlan(
         spec=spec,
