@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from loadgen.clock import OFFSET_NS
 from loadgen.collector import OutputSpec, start_collector
 from loadgen.config import ClusterConfig, TargetConfig
 from loadgen.worker import TargetSpec, Worker
@@ -38,7 +39,7 @@ class DriverClock:
     """The driver's run clock: epoch-based, advancing with the monotonic clock."""
 
     def __init__(self) -> None:
-        self._base = time.time_ns() - time.monotonic_ns()
+        self._base = OFFSET_NS
 
     def now(self) -> int:
         """Now on the run clock (ns)."""

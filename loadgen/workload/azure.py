@@ -7,28 +7,16 @@ nanosecond), ``ContextTokens`` and ``GeneratedTokens``, sorted by time. Output: 
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator
 
-import numpy as np
 import pyarrow as pa
 
 from loadgen.config import WorkloadConfig
-from loadgen.workload.errors import BadRows
-from loadgen.workload.parse import (
-    DATETIME_EXPECTED,
-    INT_EXPECTED,
-    backwards,
-    csv_chunks,
-    csv_header,
-    require_columns,
-    to_int,
-    to_ns,
-)
+from loadgen.workload.parse import DATETIME_EXPECTED, SortedRequestLog, csv_chunks, csv_header, require_columns, to_ns
 from loadgen.workload.prompts import Synthesizer
 from loadgen.workload.trace import Source, request_ids, row_batch
 
 TIME, INPUT, OUTPUT = "TIMESTAMP", "ContextTokens", "GeneratedTokens"
-SORTED_EXPECTED = "a time no earlier than the rows before it (the file is sorted)"
 
 
 def read(cfg: WorkloadConfig, synth: Synthesizer) -> Source:
@@ -42,29 +30,10 @@ def read(cfg: WorkloadConfig, synth: Synthesizer) -> Source:
 
 
 def _rows(src: Source, header: list[str], zero_output: str) -> Iterator[pa.RecordBatch]:
-    first_ns: Optional[int] = None
-    latest: Optional[int] = None
+    log = SortedRequestLog(TIME, INPUT, OUTPUT, to_ns, DATETIME_EXPECTED)
     for chunk in csv_chunks(src, header):
-        b = chunk.batch
-        n = b.num_rows
-        times, inputs, outputs = b.column(TIME), b.column(INPUT), b.column(OUTPUT)
-        ns, ns_bad = to_ns(times)
-        tin, in_bad = to_int(inputs)
-        tout, out_bad = to_int(outputs)
-        bad = BadRows(n)
-        bad.add(TIME, DATETIME_EXPECTED, ns_bad, times)
-        bad.add(INPUT, INT_EXPECTED, in_bad, inputs)
-        bad.add(OUTPUT, INT_EXPECTED, out_bad, outputs)
-        ok = ~bad.mask()
-        back = np.zeros(n, dtype=bool)
-        back[ok] = backwards(ns[ok], latest)
-        bad.add(TIME, SORTED_EXPECTED, back, times)
-        keep = chunk.resolve(bad, src.issues)
-        if keep.any():
-            latest = int(ns[keep].max()) if latest is None else max(latest, int(ns[keep].max()))
-            if first_ns is None:
-                first_ns = int(ns[keep][0])
-        keep = src.zero_outputs(tout, keep, zero_output)
+        r = log.check(chunk, src.issues)
+        keep = src.zero_outputs(r.output_tokens, r.keep, zero_output)
         if not keep.any():
             continue
         rows = chunk.lines[keep] - 2
@@ -73,7 +42,7 @@ def _rows(src: Source, header: list[str], zero_output: str) -> Iterator[pa.Recor
             seq=rows,
             unit=rows,
             request_id=request_ids(rows),
-            arrival_s=(ns[keep] - first_ns) / 1e9,
-            input_tokens=tin[keep],
-            output_tokens=tout[keep],
+            arrival_s=(r.t[keep] - log.first) / 1e9,
+            input_tokens=r.input_tokens[keep],
+            output_tokens=r.output_tokens[keep],
         )

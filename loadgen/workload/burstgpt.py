@@ -18,15 +18,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loadgen.config import WorkloadConfig
-from loadgen.workload.errors import BadRows
-from loadgen.workload.parse import INT_EXPECTED, backwards, csv_chunks, csv_header, require_columns, to_float, to_int
+from loadgen.workload.parse import SortedRequestLog, csv_chunks, csv_header, require_columns, to_float
 from loadgen.workload.prompts import Synthesizer
 from loadgen.workload.trace import ROW_SCHEMA, Source, request_ids, row_batch, sessionize
 
 TIME, MODEL, INPUT, OUTPUT, LOG_TYPE = "Timestamp", "Model", "Request tokens", "Response tokens", "Log Type"
 SESSION_COLUMNS = ("Session ID", "Conversation ID", "SessionID", "ConversationID", "session_id", "conversation_id")
 TIME_EXPECTED = "a non-negative number of seconds"
-SORTED_EXPECTED = "a time no earlier than the rows before it (the file is sorted)"
 
 
 def read(cfg: WorkloadConfig, synth: Synthesizer) -> Source:
@@ -51,33 +49,16 @@ def read(cfg: WorkloadConfig, synth: Synthesizer) -> Source:
 def _rows(
     src: Source, header: list[str], cfg: WorkloadConfig, session_col: Optional[str]
 ) -> Iterator[tuple[pa.RecordBatch, Optional[pa.Array]]]:
-    first: Optional[float] = None
-    latest: Optional[float] = None
+    log = SortedRequestLog(TIME, INPUT, OUTPUT, lambda col: to_float(col, non_negative=True), TIME_EXPECTED)
     filters = [(MODEL, cfg.model_filter, "model_filter"), (LOG_TYPE, cfg.log_type_filter, "log_type_filter")]
     for chunk in csv_chunks(src, header):
         b = chunk.batch
-        n = b.num_rows
-        times, inputs, outputs = b.column(TIME), b.column(INPUT), b.column(OUTPUT)
-        t, t_bad = to_float(times, non_negative=True)
-        tin, in_bad = to_int(inputs)
-        tout, out_bad = to_int(outputs)
-        bad = BadRows(n)
-        bad.add(TIME, TIME_EXPECTED, t_bad, times)
-        bad.add(INPUT, INT_EXPECTED, in_bad, inputs)
-        bad.add(OUTPUT, INT_EXPECTED, out_bad, outputs)
-        ok = ~bad.mask()
-        back = np.zeros(n, dtype=bool)
-        back[ok] = backwards(t[ok], latest)
-        bad.add(TIME, SORTED_EXPECTED, back, times)
-        keep = chunk.resolve(bad, src.issues)
-        if keep.any():
-            latest = float(t[keep].max()) if latest is None else max(latest, float(t[keep].max()))
-            if first is None:
-                first = float(t[keep][0])
+        r = log.check(chunk, src.issues)
+        keep = r.keep
         for col, wanted, key in filters:
             if wanted is not None:
                 keep = _filter(src, b.column(col), keep, wanted, f"workload.{key}={wanted!r}")
-        keep = src.zero_outputs(tout, keep, cfg.zero_output)
+        keep = src.zero_outputs(r.output_tokens, keep, cfg.zero_output)
         if not keep.any():
             continue
         rows = chunk.lines[keep] - 2
@@ -86,9 +67,9 @@ def _rows(
             seq=rows,
             unit=rows,
             request_id=request_ids(rows),
-            arrival_s=t[keep] - first,
-            input_tokens=tin[keep],
-            output_tokens=tout[keep],
+            arrival_s=r.t[keep] - log.first,
+            input_tokens=r.input_tokens[keep],
+            output_tokens=r.output_tokens[keep],
         )
         keys = None
         if session_col is not None:

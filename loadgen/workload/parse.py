@@ -249,6 +249,57 @@ def backwards(values: np.ndarray, previous_max: Optional[float]) -> np.ndarray:
     return values < prior
 
 
+SORTED_EXPECTED = "a time no earlier than the rows before it (the file is sorted)"
+
+
+@dataclass
+class TimedRows:
+    """One chunk of a time-sorted request log, checked: times, token counts, and the rows to keep."""
+
+    t: np.ndarray  # arrival times in the file's unit
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    keep: np.ndarray  # rows that passed every check
+
+
+class SortedRequestLog:
+    """Checks the chunks of a time-sorted CSV of (time, input tokens, output tokens), across chunks.
+
+    A malformed value or a time earlier than any before it is a row issue (raise or
+    skip per ``on_error``); ``first`` is the first kept time, the origin of arrivals.
+    """
+
+    def __init__(self, time: str, inputs: str, outputs: str, parse_time, time_expected: str) -> None:
+        self.columns = (time, inputs, outputs)
+        self.parse_time = parse_time  # column -> (values, bad mask)
+        self.time_expected = time_expected
+        self.first: Optional[Any] = None
+        self._latest: Optional[Any] = None
+
+    def check(self, chunk: CsvChunk, issues: RowIssues) -> TimedRows:
+        """Parse and check one chunk's three columns; rows that fail are reported to ``issues``."""
+        time, inputs, outputs = self.columns
+        b = chunk.batch
+        t, t_bad = self.parse_time(b.column(time))
+        tin, in_bad = to_int(b.column(inputs))
+        tout, out_bad = to_int(b.column(outputs))
+        bad = BadRows(b.num_rows)
+        bad.add(time, self.time_expected, t_bad, b.column(time))
+        bad.add(inputs, INT_EXPECTED, in_bad, b.column(inputs))
+        bad.add(outputs, INT_EXPECTED, out_bad, b.column(outputs))
+        ok = ~bad.mask()
+        back = np.zeros(b.num_rows, dtype=bool)
+        back[ok] = backwards(t[ok], self._latest)
+        bad.add(time, SORTED_EXPECTED, back, b.column(time))
+        keep = chunk.resolve(bad, issues)
+        if keep.any():
+            top = t[keep].max()
+            self._latest = top if self._latest is None else max(self._latest, top)
+            if self.first is None:
+                self.first = t[keep][0]
+        return TimedRows(t, tin, tout, keep)
+
+
 # --------------------------------------------------------------------------- JSON
 
 
