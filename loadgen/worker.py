@@ -22,6 +22,7 @@ import aiohttp
 import numpy as np
 import pyarrow as pa
 
+from loadgen import clock
 from loadgen.client.openai import request_body, url_for
 from loadgen.client.stream import execute
 from loadgen.collector import DirectSink, OutputSpec, PartTarget, Sink
@@ -144,7 +145,7 @@ class WorkerCore:
         self.sink: Sink = sink or DirectSink(self.run_uri, cluster.records_uri)
         # Run clock = monotonic + base; base starts as the local epoch mapping (plus an
         # injected skew in tests) and later absorbs the offset the driver measured.
-        self._epoch_base = time.time_ns() - time.monotonic_ns() + clock_skew_ns
+        self._epoch_base = clock.OFFSET_NS + clock_skew_ns
         self._base = self._epoch_base
         self.clock_uncertainty_ns = 0
         self.session: Optional[aiohttp.ClientSession] = None
@@ -159,6 +160,8 @@ class WorkerCore:
         self._stop_deadline_ns = 0
         self._telemetry: list[tuple] = []
         self._telemetry_writer: Optional[PartTarget] = None
+        self._writing: Optional[asyncio.Future] = None  # the part write in flight, if any
+        self._prepared: Optional[_LevelState] = None  # the level prepare_level readied
 
     # ------------------------------------------------------------------ clock
     def now(self) -> int:
@@ -260,6 +263,8 @@ class WorkerCore:
             monitor.cancel()
             flusher.cancel()
             await asyncio.gather(monitor, flusher, return_exceptions=True)
+            if self._writing is not None:
+                await self._writing  # a periodic flush still in flight
             await self._flush(state)
         return {**state.ledger(), "cpu_s": time.process_time() - cpu0}
 
@@ -436,16 +441,21 @@ class WorkerCore:
         """Hand buffered records and telemetry to the sink as new parts, off the event loop."""
         cols = st.buffer.take()
         tel, self._telemetry = self._telemetry, []
-        loop = asyncio.get_running_loop()
-        if cols is not None:
-            records = self.sink.records(st.run.level, self.worker_id)
-            await loop.run_in_executor(None, lambda: records.write(to_batch(cols)))
-        if tel and self._telemetry_writer is not None:
-            writer = self._telemetry_writer
-            table = pa.Table.from_arrays(
-                [pa.array(c, type=f.type) for c, f in zip(zip(*tel), TELEMETRY_SCHEMA)], schema=TELEMETRY_SCHEMA
-            )
-            await loop.run_in_executor(None, writer.write, table)
+        if cols is None and not tel:
+            return
+        records = self.sink.records(st.run.level, self.worker_id)
+        telemetry = self._telemetry_writer
+
+        def write() -> None:
+            if cols is not None:
+                records.write(to_batch(cols))
+            if tel and telemetry is not None:
+                columns = [pa.array(c, type=f.type) for c, f in zip(zip(*tel), TELEMETRY_SCHEMA)]
+                telemetry.write(pa.Table.from_arrays(columns, schema=TELEMETRY_SCHEMA))
+
+        # Shielded: a flush the level's end cancels keeps writing, and the end waits for it.
+        self._writing = asyncio.get_running_loop().run_in_executor(None, write)
+        await asyncio.shield(self._writing)
 
 
 class _LevelState:
