@@ -67,7 +67,7 @@ def _versions() -> dict[str, str]:
     return {
         "loadgen": loadgen.__version__,
         "python": platform.python_version(),
-        **{name: version(name) for name in ("ray", "aiohttp", "pyarrow", "numpy", "hydra-core")},
+        **{name: version(name) for name in ("ray", "aiohttp", "httptools", "uvloop", "pyarrow", "numpy", "hydra-core")},
     }
 
 

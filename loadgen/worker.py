@@ -1,4 +1,4 @@
-"""The load worker: one event loop, one HTTP session, one shard of each level's schedule.
+"""The load worker: one event loop, one connection pool, one shard of each level's schedule.
 
 Input: a level spec and an Arrow shard of requests with ``scheduled_s`` offsets.
 Output: records streamed to Parquet parts while the level runs, telemetry parts
@@ -12,17 +12,18 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import aiohttp
 import numpy as np
 import pyarrow as pa
 
 from loadgen import clock
+from loadgen.client.http import ConnectionPool, Timeouts, request_path
 from loadgen.client.openai import request_body, url_for
 from loadgen.client.stream import execute
 from loadgen.collector import DirectSink, OutputSpec, PartTarget, Sink
@@ -44,6 +45,7 @@ TELEMETRY_SCHEMA = pa.schema(
 
 _LAG_INTERVAL_S = 0.05
 _TELEMETRY_INTERVAL_S = 0.25
+_GIL_SWITCH_INTERVAL_S = 0.0005
 _FD_RESERVE = 64
 #: How often a worker actor checks that the Ray process that started it is still alive.
 _PARENT_CHECK_S = 0.2
@@ -148,7 +150,7 @@ class WorkerCore:
         self._epoch_base = clock.OFFSET_NS + clock_skew_ns
         self._base = self._epoch_base
         self.clock_uncertainty_ns = 0
-        self.session: Optional[aiohttp.ClientSession] = None
+        self.pool: Optional[ConnectionPool] = None
         self.sent = 0
         self.completed = 0
         self.errors = 0
@@ -179,28 +181,18 @@ class WorkerCore:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Open the HTTP session (one per worker, pooled, sized for many streams)."""
+        """Open the connection pool (one per worker, keep-alive, sized for many streams)."""
         t = self.target.config
-        limit = self.cluster.connections_per_worker or self.cluster.max_in_flight_per_worker
-        connector = aiohttp.TCPConnector(
-            limit=limit,
-            limit_per_host=0,
-            force_close=t.new_connection_per_request,
-            enable_cleanup_closed=True,
-            ttl_dns_cache=300,
-        )
         headers = {"Content-Type": "application/json", **t.headers, **self.target.headers}
         if self.target.api_key:
             headers["Authorization"] = f"Bearer {self.target.api_key}"
-        self.session = aiohttp.ClientSession(
-            connector=connector,
+        self.pool = ConnectionPool(
+            self.target.base_url,
+            now=self.now,
             headers=headers,
-            timeout=aiohttp.ClientTimeout(
-                total=t.timeout_s, sock_connect=t.connect_timeout_s, sock_read=t.stall_timeout_s
-            ),
-            read_bufsize=1 << 18,
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
+            limit=self.cluster.connections_per_worker or self.cluster.max_in_flight_per_worker,
+            timeouts=Timeouts(total_s=t.timeout_s, stall_s=t.stall_timeout_s, connect_s=t.connect_timeout_s),
+            keep_alive=not t.new_connection_per_request,
         )
         self._stop = asyncio.Event()
         self._telemetry_writer = self.sink.telemetry(self.worker_id)
@@ -209,10 +201,10 @@ class WorkerCore:
         await asyncio.get_running_loop().run_in_executor(None, _warm_up_writer)
 
     async def close(self) -> None:
-        """Close the HTTP session."""
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        """Close the worker's connections."""
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
 
     def request_stop(self, grace_s: float) -> None:
         """Stop sending; in-flight requests get ``grace_s`` seconds, then are cancelled."""
@@ -242,7 +234,7 @@ class WorkerCore:
 
     async def start_level(self, t0_ns: int) -> dict[str, Any]:
         """Send the prepared level from ``t0_ns`` on; return its ledger and timing health."""
-        assert self.session is not None and self._stop is not None and self._prepared is not None
+        assert self.pool is not None and self._stop is not None and self._prepared is not None
         state, self._prepared = self._prepared, None
         run = state.run
         state.start(t0_ns)
@@ -377,16 +369,15 @@ class WorkerCore:
         return rec
 
     async def _execute(self, st: "_LevelState", k: int, rec: dict[str, Any]) -> None:
-        assert self.session is not None
+        assert self.pool is not None
         await execute(
-            self.session,
-            st.url,
+            self.pool,
+            st.path,
             st.body(k),
             {"X-Request-Id": rec["request_id"]},
             rec,
             api=self.target.config.api,
             stream=self.target.config.stream,
-            now=self.now,
         )
 
     async def _drain(self, st: "_LevelState") -> None:
@@ -465,7 +456,7 @@ class _LevelState:
         self.run = run
         self.core = core
         t = core.target
-        self.url = url_for(t.base_url, t.config.api)
+        self.path = request_path(url_for(t.base_url, t.config.api))
         self.shard = shard
         n = shard.num_rows
         offsets = shard.column("scheduled_s").to_numpy(zero_copy_only=False) if n else np.empty(0)
@@ -606,6 +597,9 @@ class Worker:
 
         ctx = ray.get_runtime_context()
         self.node_id = ctx.get_node_id()
+        # Ray's threads and the Parquet writer share the GIL with the event loop; at the default
+        # 5 ms switch interval a timestamp or a scheduled send can wait that long for its turn.
+        sys.setswitchinterval(_GIL_SWITCH_INTERVAL_S)
         self._loop = _new_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"loadgen-worker-{worker_id}", daemon=True)
         self._thread.start()
@@ -671,6 +665,6 @@ class Worker:
         self._loop.call_soon_threadsafe(self.core.request_stop, grace_s)
 
     def close(self) -> None:
-        """Close the session and the loop."""
+        """Close the connections and the loop."""
         self._call(self.core.close())
         self._loop.call_soon_threadsafe(self._loop.stop)

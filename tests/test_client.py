@@ -7,10 +7,10 @@ import json
 import socket
 import time
 
-import aiohttp
 import pytest
 from aiohttp import web
 
+from loadgen.client.http import ConnectionPool, Timeouts
 from loadgen.client.openai import request_body
 from loadgen.client.stream import execute
 from loadgen.config import TargetConfig
@@ -73,13 +73,18 @@ def streaming(chunks: list[bytes], gap_s: float = 0.0, *, hang_s: float = 0.0):
     return handler
 
 
-async def run_one(handler, *, api="completions", stream=True, timeout=None) -> dict:
+def path_of(api: str) -> str:
+    return "/v1/chat/completions" if api == "chat" else "/v1/completions"
+
+
+async def run_one(handler, *, api="completions", stream=True, timeouts=Timeouts(total_s=10, stall_s=5)) -> dict:
     runner, base = await serve(handler)
     rec: dict = {}
+    pool = ConnectionPool(base, now=now, timeouts=timeouts)
     try:
-        async with aiohttp.ClientSession(timeout=timeout or aiohttp.ClientTimeout(total=10, sock_read=5)) as s:
-            await execute(s, f"{base}/{'chat/completions' if api == 'chat' else 'completions'}", b"{}", {}, rec, api=api, stream=stream, now=now)
+        await execute(pool, path_of(api), b"{}", {}, rec, api=api, stream=stream)
     finally:
+        await pool.close()
         await runner.cleanup()
     return rec
 
@@ -157,14 +162,14 @@ def test_http_429_records_status_and_retry_after():
 
 def test_stall_between_chunks_is_a_timeout():
     handler = streaming(sse(completion("a"), done=False), hang_s=3)
-    rec = asyncio.run(run_one(handler, timeout=aiohttp.ClientTimeout(total=10, sock_read=0.3)))
+    rec = asyncio.run(run_one(handler, timeouts=Timeouts(total_s=10, stall_s=0.3)))
     assert rec["status"] == "timeout" and "stall" in rec["error"]
     assert len(rec["chunk_ns"]) == 1
 
 
 def test_total_timeout():
     handler = streaming(sse(*[completion("a")] * 5), gap_s=0.2)
-    rec = asyncio.run(run_one(handler, timeout=aiohttp.ClientTimeout(total=0.3)))
+    rec = asyncio.run(run_one(handler, timeouts=Timeouts(total_s=0.3)))
     assert rec["status"] == "timeout" and "timeout_s" in rec["error"]
 
 
@@ -176,8 +181,8 @@ def test_connection_refused_is_a_connection_error():
 
     async def go():
         rec: dict = {}
-        async with aiohttp.ClientSession() as s:
-            await execute(s, f"http://127.0.0.1:{port}/v1/completions", b"{}", {}, rec, api="completions", stream=True, now=now)
+        pool = ConnectionPool(f"http://127.0.0.1:{port}/v1", now=now)
+        await execute(pool, "/v1/completions", b"{}", {}, rec, api="completions", stream=True)
         return rec
 
     rec = asyncio.run(go())
@@ -220,15 +225,16 @@ def test_stale_pooled_connection_is_retried_once():
         runner, base = await serve(handler)
         recs = []
         try:
-            async with aiohttp.ClientSession() as s:
-                for _ in range(3):
-                    rec: dict = {}
-                    await execute(s, f"{base}/completions", b"{}", {}, rec, api="completions", stream=False, now=now)
-                    recs.append(rec)
-                    # Close the server side of every kept-alive connection, as llama.cpp does.
-                    for proto in list(runner.server.connections):
-                        proto.transport.close()
-                    await asyncio.sleep(0.05)
+            pool = ConnectionPool(base, now=now)
+            for _ in range(3):
+                rec: dict = {}
+                await execute(pool, "/v1/completions", b"{}", {}, rec, api="completions", stream=False)
+                recs.append(rec)
+                # Close the server side of every kept-alive connection, as llama.cpp does.
+                for proto in list(runner.server.connections):
+                    proto.transport.close()
+                await asyncio.sleep(0.05)
+            await pool.close()
         finally:
             await runner.cleanup()
         return recs

@@ -12,10 +12,10 @@ import json
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 
+from loadgen.client.http import ConnectionPool, Timeouts
 from loadgen.client.stream import execute
 
 STREAMS = Path(__file__).parent / "fixtures" / "streams"
@@ -82,12 +82,11 @@ async def replay(body: bytes, api: str, *, stream: bool, piece: int | None, cont
     port = site._server.sockets[0].getsockname()[1]
     path = "/v1/chat/completions" if api == "chat" else "/v1/completions"
     rec: dict = {}
+    pool = ConnectionPool(f"http://127.0.0.1:{port}", now=time.monotonic_ns, timeouts=Timeouts(total_s=10, stall_s=5))
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10, sock_read=5)) as session:
-            await execute(
-                session, f"http://127.0.0.1:{port}{path}", b"{}", {}, rec, api=api, stream=stream, now=time.monotonic_ns
-            )
+        await execute(pool, path, b"{}", {}, rec, api=api, stream=stream)
     finally:
+        await pool.close()
         await runner.cleanup()
     return rec
 
@@ -169,15 +168,15 @@ async def llama_like_pair(force_close: bool) -> list[dict]:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     recs: list[dict] = [{}, {}]
+    pool = ConnectionPool(
+        f"http://127.0.0.1:{port}", now=time.monotonic_ns, timeouts=Timeouts(total_s=10), keep_alive=not force_close
+    )
     try:
-        connector = aiohttp.TCPConnector(force_close=force_close)
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
-            for rec in recs:
-                await execute(
-                    session, f"http://127.0.0.1:{port}/v1/completions", b"{}", {}, rec,
-                    api="completions", stream=True, now=time.monotonic_ns,
-                )
+        for rec in recs:
+            await execute(pool, "/v1/completions", b"{}", {}, rec, api="completions", stream=True)
+            await asyncio.sleep(0.05)  # the response's last bytes arrive and its connection is pooled
     finally:
+        await pool.close()
         await runner.cleanup()
     return recs
 

@@ -1,9 +1,9 @@
 """Send one request and time it: SSE streaming or plain JSON, every failure mode a status.
 
-Input: an aiohttp session, a prepared body and a record dict. Output: the same
-record filled with ``sent_ns, first_byte_ns, first_token_ns, end_ns, chunk_ns,
-output_tokens, prompt_tokens, response_id, status, http_status, error,
-attempts``. Nothing raises except cancellation; errors are record fields.
+Input: a connection pool (:mod:`loadgen.client.http`), a prepared body and a
+record dict. Output: the same record filled with ``sent_ns, first_byte_ns,
+first_token_ns, end_ns, chunk_ns, output_tokens, prompt_tokens, response_id,
+status, http_status, error, attempts``. Nothing raises except cancellation; errors are record fields.
 
 The hot path avoids JSON-decoding every token: a chunk counts as a token when
 its ``"text"`` / ``"content"`` field holds a non-empty string and the event
@@ -14,13 +14,20 @@ including cut-off JSON) are decoded.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any, Callable
+from typing import Any
 
-import aiohttp
-
-Clock = Callable[[], int]
+from loadgen.client.http import (
+    Clock,
+    ConnectError,
+    ConnectionPool,
+    ConnectTimeout,
+    Disconnected,
+    Exchange,
+    InvalidResponse,
+    StallTimeout,
+    TotalTimeout,
+)
 
 _DATA = b"data:"
 _DONE = b"[DONE]"
@@ -58,52 +65,123 @@ class StreamError(Exception):
     """The server's stream broke the protocol (malformed event, error event, missing [DONE])."""
 
 
-async def _read_stream(resp: aiohttp.ClientResponse, rec: dict[str, Any], api: str, now: Clock) -> None:
-    """Consume an SSE response, timestamping every content chunk as it arrives."""
-    keys = _TEXT_KEYS[api]
-    chunks: list[int] = rec["chunk_ns"]
-    append = chunks.append
-    pending = b""
-    first_event = True
-    done = False
-    async for data in resp.content.iter_any():
-        t = now()
-        if pending:
-            data = pending + data
+class _Response(Exchange):
+    """Reads one response into its record: SSE events as they arrive, or a JSON body, or an error body."""
+
+    def __init__(self, rec: dict[str, Any], api: str, stream: bool, pool: ConnectionPool) -> None:
+        super().__init__(pool.now)
+        self.rec = rec
+        self.keys = _TEXT_KEYS[api]
+        self.api = api
+        self.stream = stream
+        self.sse = False
+        self.append = rec["chunk_ns"].append
+        self.pending = b""
+        self.first_event = True
+        self.done = False
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def on_response(self) -> None:
+        self.rec["first_byte_ns"] = self.first_byte_ns
+        self.rec["http_status"] = self.status
+        self.sse = self.stream and self.status == 200
+
+    def on_body(self, data: bytes) -> None:
+        if self.sse:
+            if not self.done:
+                self._events(data)
+        elif self.size < _ERROR_BODY_BYTES or self.status == 200:
+            self.parts.append(data)
+            self.size += len(data)
+            if self.status != 200 and self.size >= _ERROR_BODY_BYTES:
+                self._error_end()  # enough to say what went wrong; the rest is not read
+
+    def on_end(self) -> None:
+        if self.status != 200:
+            self._error_end()
+        elif not self.stream:
+            self._json_end()
+        elif not self.done:
+            self.rec["end_ns"] = self.t
+            self.fail(StreamError("stream ended without data: [DONE]"))
+
+    def _events(self, data: bytes) -> None:
+        """Timestamp every content event in ``data`` with the time its bytes arrived."""
+        t = self.t
+        if self.pending:
+            data = self.pending + data
         lines = data.split(b"\n")
-        pending = lines.pop()
+        self.pending = lines.pop()
+        keys = self.keys
         for line in lines:
             if not line.startswith(_DATA):
                 continue  # blank separators, comments (keep-alives), event:/id: fields
             event = line[5:].strip()
             if event == _DONE:
-                done = True
-                continue
+                self.done = True
+                self.rec["end_ns"] = t
+                self.finish()
+                return
             # An event that does not end its JSON object was cut or garbled: decode it to say so.
-            if first_event or not event.endswith(b"}") or not _has_text(event, keys) or _has_usage(event):
+            if self.first_event or not event.endswith(b"}") or not _has_text(event, keys) or _has_usage(event):
                 try:
-                    obj = json.loads(event)
-                except ValueError:
-                    raise StreamError(f"malformed JSON in SSE event: {event[:120]!r}") from None
-                if not isinstance(obj, dict):
-                    raise StreamError(f"SSE event is not a JSON object: {event[:120]!r}")
-                if "error" in obj and "choices" not in obj:
-                    raise StreamError(f"error event in stream: {str(obj['error'])[:300]}")
-                if first_event:
-                    first_event = False
-                    rec["response_id"] = obj.get("id")
-                usage = obj.get("usage")
-                if usage:
-                    rec["output_tokens"] = usage.get("completion_tokens")
-                    rec["prompt_tokens"] = usage.get("prompt_tokens")
-                if not _choice_has_text(obj, api):
-                    continue
-            append(t)
-        if done:
-            break
-    rec["end_ns"] = now()
-    if not done:
-        raise StreamError("stream ended without data: [DONE]")
+                    if not self._decoded(event):
+                        continue
+                except StreamError as exc:
+                    self.done = True
+                    self.rec["end_ns"] = t
+                    self.fail(exc)
+                    return
+            self.append(t)
+
+    def _decoded(self, event: bytes) -> bool:
+        """Decode an event the byte scan could not vouch for; whether it carries text."""
+        try:
+            obj = json.loads(event)
+        except ValueError:
+            raise StreamError(f"malformed JSON in SSE event: {event[:120]!r}") from None
+        if not isinstance(obj, dict):
+            raise StreamError(f"SSE event is not a JSON object: {event[:120]!r}")
+        if "error" in obj and "choices" not in obj:
+            raise StreamError(f"error event in stream: {str(obj['error'])[:300]}")
+        if self.first_event:
+            self.first_event = False
+            self.rec["response_id"] = obj.get("id")
+        usage = obj.get("usage")
+        if usage:
+            self.rec["output_tokens"] = usage.get("completion_tokens")
+            self.rec["prompt_tokens"] = usage.get("prompt_tokens")
+        return _choice_has_text(obj, self.api)
+
+    def _json_end(self) -> None:
+        rec = self.rec
+        rec["end_ns"] = self.t
+        body = b"".join(self.parts)
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            self.fail(StreamError(f"malformed JSON response: {body[:120]!r}"))
+            return
+        if not isinstance(obj, dict):
+            self.fail(StreamError(f"JSON response is not an object: {body[:120]!r}"))
+            return
+        rec["response_id"] = obj.get("id")
+        usage = obj.get("usage") or {}
+        rec["output_tokens"] = usage.get("completion_tokens")
+        rec["prompt_tokens"] = usage.get("prompt_tokens")
+
+    def _error_end(self) -> None:
+        if self.future.done():
+            return
+        rec = self.rec
+        rec["end_ns"] = self.t
+        rec["status"] = "http_error"
+        text = b"".join(self.parts)[:_ERROR_BODY_BYTES].decode("utf-8", "replace")
+        retry = self.headers.get("retry-after")
+        note = f" (Retry-After: {retry})" if retry else ""
+        rec["error"] = f"HTTP {self.status}{note}: {' '.join(text.split())[:300]}"
+        self.finish()
 
 
 def _choice_has_text(obj: dict[str, Any], api: str) -> bool:
@@ -117,78 +195,53 @@ def _choice_has_text(obj: dict[str, Any], api: str) -> bool:
     return False
 
 
-async def _read_json(resp: aiohttp.ClientResponse, rec: dict[str, Any], now: Clock) -> None:
-    """Consume a non-streaming response: only end time and usage are known."""
-    body = await resp.read()
-    rec["end_ns"] = now()
-    try:
-        obj = json.loads(body)
-    except ValueError:
-        raise StreamError(f"malformed JSON response: {body[:120]!r}") from None
-    rec["response_id"] = obj.get("id")
-    usage = obj.get("usage") or {}
-    rec["output_tokens"] = usage.get("completion_tokens")
-    rec["prompt_tokens"] = usage.get("prompt_tokens")
-
-
 async def execute(
-    session: aiohttp.ClientSession,
-    url: str,
+    pool: ConnectionPool,
+    path: str,
     body: bytes,
     headers: dict[str, str],
     rec: dict[str, Any],
     *,
     api: str,
     stream: bool,
-    now: Clock,
 ) -> None:
     """Send one request and fill ``rec``; one retry if a pooled connection was already dead."""
     rec["chunk_ns"] = []
+    request = pool.request_bytes(path, body, headers)
+    now = pool.now
+
+    def sent() -> None:
+        rec["sent_ns"] = now()
+
     for attempt in (1, 2):
         rec["attempts"] = attempt
-        rec["sent_ns"] = now()
+        response = _Response(rec, api, stream, pool)
         try:
-            async with session.post(url, data=body, headers=headers) as resp:
-                rec["first_byte_ns"] = now()
-                rec["http_status"] = resp.status
-                if resp.status != 200:
-                    text = (await resp.content.read(_ERROR_BODY_BYTES)).decode("utf-8", "replace")
-                    rec["end_ns"] = now()
-                    rec["status"] = "http_error"
-                    retry = resp.headers.get("Retry-After")
-                    note = f" (Retry-After: {retry})" if retry else ""
-                    rec["error"] = f"HTTP {resp.status}{note}: {' '.join(text.split())[:300]}"
-                    return
-                if stream:
-                    await _read_stream(resp, rec, api, now)
-                else:
-                    await _read_json(resp, rec, now)
+            await pool.send(request, response, on_sent=sent)
+            if rec.get("status") == "http_error":
+                return
             rec["status"] = "ok"
             if rec.get("output_tokens") is None:
                 rec["output_tokens"] = len(rec["chunk_ns"])
             if rec["chunk_ns"]:
                 rec["first_token_ns"] = rec["chunk_ns"][0]
             return
-        except aiohttp.ServerDisconnectedError as exc:
+        except Disconnected as exc:
             # A keep-alive connection the server had already closed (llama.cpp does this):
             # nothing reached the server, so one fresh attempt is honest.
-            if attempt == 1 and rec.get("first_byte_ns") is None:
+            if attempt == 1 and exc.before_response and exc.reused:
                 continue
-            _fail(rec, "connection_error", f"server disconnected: {exc}", now)
-        except aiohttp.ConnectionTimeoutError as exc:
+            _fail(rec, "connection_error", f"connection broken: {exc}", now)
+        except ConnectTimeout as exc:
             _fail(rec, "connection_error", f"connect timeout: {exc}", now)
-        except aiohttp.ServerTimeoutError:
-            _fail(rec, "timeout", "stall: no data from the server within target.stall_timeout_s", now)
-        except asyncio.TimeoutError:
-            _fail(rec, "timeout", "request exceeded target.timeout_s", now)
-        except aiohttp.ClientConnectorError as exc:
-            _fail(rec, "connection_error", f"cannot connect: {exc.os_error or exc}", now)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError) as exc:
-            _fail(rec, "connection_error", f"connection broken: {type(exc).__name__}: {exc}", now)
-        except StreamError as exc:
+        except ConnectError as exc:
+            _fail(rec, "connection_error", f"cannot connect: {exc}", now)
+        except (StallTimeout, TotalTimeout) as exc:
+            _fail(rec, "timeout", str(exc), now)
+        except (StreamError, InvalidResponse) as exc:
             _fail(rec, "protocol_error", str(exc), now)
-        except aiohttp.ClientError as exc:
-            _fail(rec, "protocol_error", f"{type(exc).__name__}: {exc}", now)
+        if rec.get("sent_ns") is None:
+            rec["sent_ns"] = rec["end_ns"]
         if rec["chunk_ns"]:
             rec["first_token_ns"] = rec["chunk_ns"][0]
         return
