@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -240,3 +245,70 @@ def test_timeouts_are_one_timer_per_request_not_one_per_chunk():
     rec, elapsed = asyncio.run(go())
     assert rec["status"] == "timeout" and "timeout_s" in rec["error"], rec["error"]
     assert 0.55 < elapsed < 1.5
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel receive timestamps are Linux-only")
+def test_arrival_is_stamped_by_the_kernel_even_when_the_event_loop_is_blocked():
+    """Tokens 100 ms apart; the loop stalls from 150 to 260 ms: the token that arrives meanwhile keeps its arrival time."""
+    written: list[int] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:  # a thread, so the client's blocked loop cannot delay it
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for text in (b"a", b"b", b"c"):
+                time.sleep(0.1)
+                written.append(time.monotonic_ns())
+                conn.sendall(chunked(b'data: {"id":"c","choices":[{"text":"%s"}]}\n\n' % text)[:-5])
+            conn.sendall(chunked(b"data: [DONE]\n\n"))
+
+    async def go():
+        pool = ConnectionPool(f"http://127.0.0.1:{listener.getsockname()[1]}", now=time.monotonic_ns)
+        asyncio.get_running_loop().call_later(0.15, time.sleep, 0.11)
+        rec = await one(pool)
+        await pool.close()
+        return rec
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    rec = asyncio.run(go())
+    server.join(5)
+    listener.close()
+    assert rec["status"] == "ok" and len(rec["chunk_ns"]) == 3
+    errors_ms = [(got - sent) / 1e6 for got, sent in zip(rec["chunk_ns"], written)]
+    # token b would read ~50 ms late if stamped when the loop got to it
+    assert all(-1 < e < 20 for e in errors_ms), errors_ms
+
+
+def test_https_through_memory_bios(tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=loadgen-test", "-addext", "subjectAltName=IP:127.0.0.1"],
+        capture_output=True,
+    )
+    if made.returncode:
+        pytest.skip(f"openssl could not make a test certificate: {made.stderr[-200:]!r}")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+
+    async def go():
+        srv = RawServer(sse_ok())
+        srv.server = await asyncio.start_server(srv._serve, "127.0.0.1", 0, ssl=server_ctx)
+        port = srv.server.sockets[0].getsockname()[1]
+        pool = ConnectionPool(f"https://127.0.0.1:{port}/v1", now=time.monotonic_ns, ssl_context=client_ctx)
+        recs = [await one(pool) for _ in range(3)]
+        untrusted = ConnectionPool(f"https://127.0.0.1:{port}/v1", now=time.monotonic_ns)
+        refused = await one(untrusted)
+        await pool.close()
+        await untrusted.close()
+        srv.server.close()
+        return recs, srv.connections, refused
+
+    recs, connections, refused = asyncio.run(go())
+    assert [(r["status"], len(r["chunk_ns"])) for r in recs] == [("ok", 2)] * 3
+    assert connections == 1  # kept alive for all three (the refused one never got past its handshake)
+    assert refused["status"] == "connection_error" and "CERTIFICATE_VERIFY_FAILED" in refused["error"]

@@ -12,7 +12,11 @@ re-armed only when it fires, never per chunk.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import struct
+import sys
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -21,6 +25,13 @@ from urllib.parse import urlsplit
 import httptools
 
 Clock = Callable[[], int]
+
+_READ_SIZE = 1 << 18  # bytes per read: a burst of events on one stream is parsed in one go
+# Linux: the kernel's arrival time of the bytes each read returns (struct timespec, CLOCK_REALTIME)
+# (Python names no constant for it; 35 is SO_TIMESTAMPNS on Linux's common architectures)
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform.startswith("linux") else None)
+_TIMESPEC = struct.Struct("@ql")
+_ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) if _SO_TIMESTAMPNS is not None else 0
 
 
 class HTTPError(Exception):
@@ -81,6 +92,7 @@ class Exchange:
         self.headers: dict[str, str] = {}
         self.first_byte_ns: Optional[int] = None
         self.last_ns = 0
+        self.realtime_shift = 0  # run clock minus the kernel's realtime clock, for arrival stamps
         self.keep_alive = False
         self.message_complete = False
 
@@ -127,34 +139,138 @@ class Exchange:
         return "content-length" not in self.headers and "chunked" not in self.headers.get("transfer-encoding", "")
 
 
-class _Connection(asyncio.Protocol):
-    """One TCP connection; feeds the bytes of the current exchange's response to its parser."""
+class _TLS:
+    """TLS over a plain socket through memory BIOs, so reads keep their kernel timestamps."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, context: ssl.SSLContext, hostname: str) -> None:
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_hostname=hostname)
+
+    async def handshake(self, sock: socket.socket) -> None:
+        """Run the TLS handshake on a connected non-blocking socket."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await loop.sock_sendall(sock, self.outgoing.read())
+                data = await loop.sock_recv(sock, _READ_SIZE)
+                if not data:
+                    raise ConnectionResetError("server closed the connection during the TLS handshake") from None
+                self.incoming.write(data)
+        await loop.sock_sendall(sock, self.outgoing.read())
+
+    def encrypt(self, data: bytes) -> bytes:
+        """The TLS records carrying ``data``."""
+        self.obj.write(data)
+        return self.outgoing.read()
+
+    def decrypt(self, data: memoryview) -> bytes:
+        """The plaintext that ``data`` completes (empty while a record is still partial)."""
+        self.incoming.write(data)
+        parts = []
+        while True:
+            try:
+                parts.append(self.obj.read(_READ_SIZE))
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                break
+        return b"".join(parts)
+
+
+class _Connection:
+    """One TCP connection, read by the loop's reader callback straight into the exchange's parser.
+
+    Each read asks the kernel when its last byte arrived (``SO_TIMESTAMPNS``), so a
+    token's time is its arrival at this machine, not the moment a busy event loop got
+    round to it. TLS runs through ``ssl.MemoryBIO`` on the same socket, so the stamp
+    is the ciphertext's arrival.
+    """
+
+    def __init__(self, pool: ConnectionPool, sock: socket.socket, tls: Optional[_TLS]) -> None:
         self.pool = pool
-        self.transport: Optional[asyncio.Transport] = None
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.loop = asyncio.get_running_loop()
+        self.tls = tls
         self.parser: Optional[httptools.HttpResponseParser] = None
         self.exchange: Optional[Exchange] = None
         self.closed = False
         self.served = 0
+        self._out = b""
+        self.loop.add_reader(self.fd, self._readable)
 
     def start(self, exchange: Exchange, request: bytes) -> None:
         self.exchange = exchange
         self.parser = exchange.parser = httptools.HttpResponseParser(exchange)
-        assert self.transport is not None
-        self.transport.write(request)
+        self._write(request)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    # ------------------------------------------------------------------ writing
+    def _write(self, data: bytes) -> None:
+        if self.tls is not None:
+            data = self.tls.encrypt(data)
+        if self._out:
+            self._out += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._lost(exc)
+            return
+        if sent < len(data):
+            self._out = data[sent:]
+            self.loop.add_writer(self.fd, self._writable)
 
-    def data_received(self, data: bytes) -> None:
+    def _writable(self) -> None:
+        try:
+            sent = self.sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        self._out = self._out[sent:]
+        if not self._out:
+            self.loop.remove_writer(self.fd)
+
+    # ------------------------------------------------------------------ reading
+    def _readable(self) -> None:
+        pool = self.pool
+        try:
+            n, anc, _, _ = self.sock.recvmsg_into(pool._read_buffers, _ANC_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        if n == 0:
+            self._lost(None)
+            return
         ex = self.exchange
         if ex is None:  # bytes on an idle connection: nothing sane can follow
             self.abort()
             return
-        t = ex.t = ex.last_ns = ex.now()
+        t = ex.now()
+        if anc:
+            sec, nsec = _TIMESPEC.unpack_from(anc[0][2])
+            arrived = sec * 1_000_000_000 + nsec + ex.realtime_shift
+            if arrived < t:
+                t = arrived
+        ex.t = ex.last_ns = t
         if ex.first_byte_ns is None:
             ex.first_byte_ns = t
+        data = pool._read_view[:n]  # the shared buffer: parsed now, never kept
+        if self.tls is not None:
+            try:
+                data = self.tls.decrypt(data)
+            except ssl.SSLError as exc:
+                self._lost(exc)
+                return
+            if not data:
+                return
         try:
             self.parser.feed_data(data)  # type: ignore[union-attr]
         except httptools.HttpParserCallbackError as exc:
@@ -170,15 +286,16 @@ class _Connection(asyncio.Protocol):
             self.served += 1
             fut = ex.future
             if fut.done() and not fut.cancelled() and fut.exception() is None and ex.keep_alive:
-                self.pool._release(self)
+                pool._release(self)
             else:
                 self.abort()
 
-    def connection_lost(self, exc: Optional[Exception]) -> None:
-        self.closed = True
-        self.pool._forget(self)
+    # ------------------------------------------------------------------ closing
+    def _lost(self, exc: Optional[BaseException]) -> None:
+        """The server closed the connection (or it broke): settle the exchange in flight."""
         ex = self.exchange
         self.exchange = None
+        self._close()
         if ex is None or ex.future.done() and ex.message_complete:
             return
         if exc is None and ex.status and ex.eof_delimited:
@@ -192,10 +309,19 @@ class _Connection(asyncio.Protocol):
         )
 
     def abort(self) -> None:
-        """Close now, unread bytes dropped (a connection mid-response cannot be reused)."""
+        """Close now, unread bytes dropped: the exchange's outcome is already settled or moot."""
+        self.exchange = None
+        self._close()
+
+    def _close(self) -> None:
+        if self.closed:
+            return
         self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
+        self.loop.remove_reader(self.fd)
+        if self._out:
+            self.loop.remove_writer(self.fd)
+        self.sock.close()
+        self.pool._forget(self)
 
 
 class ConnectionPool:
@@ -229,6 +355,11 @@ class ConnectionPool:
             lines.append("Connection: close")
         self._head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
         self._slots = asyncio.Semaphore(limit)
+        self._addr: Optional[tuple[int, tuple]] = None
+        # one read buffer for every connection: the loop is single-threaded and each read is parsed at once
+        self._read_buffer = bytearray(_READ_SIZE)
+        self._read_buffers = [self._read_buffer]
+        self._read_view = memoryview(self._read_buffer)
         self._idle: deque[_Connection] = deque()
         self._all: set[_Connection] = set()
 
@@ -251,6 +382,7 @@ class ConnectionPool:
             on_sent()  # connecting is part of the request, as for any client; waiting for a slot is not
             conn = await self._acquire(deadline)
             exchange.last_ns = self.now()
+            exchange.realtime_shift = exchange.last_ns - time.time_ns()
             conn.start(exchange, request)
             timer = _Watchdog(loop, exchange, deadline, self.timeouts.stall_s)
             try:
@@ -267,23 +399,40 @@ class ConnectionPool:
     async def _acquire(self, deadline: float) -> _Connection:
         while self._idle:
             conn = self._idle.pop()  # the most recently used: the least likely to have been closed
-            if not conn.closed and not conn.transport.is_closing():  # type: ignore[union-attr]
+            if not conn.closed:
                 return conn
         loop = asyncio.get_running_loop()
         timeout = min(self.timeouts.connect_s, max(0.0, deadline - loop.time()))
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: _Connection(self), self.host, self.port, ssl=self.ssl,
-                    server_hostname=self.host if self.ssl else None,
-                ),
-                timeout,
-            )
+            conn = await asyncio.wait_for(self._connect(), timeout)
         except asyncio.TimeoutError:
             raise ConnectTimeout(f"no connection to {self.host}:{self.port} within {timeout:g} s") from None
-        except OSError as exc:
-            raise ConnectError(f"{self.host}:{self.port}: {exc.strerror or exc}") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise ConnectError(f"{self.host}:{self.port}: {getattr(exc, 'strerror', None) or exc}") from None
         self._all.add(conn)
+        return conn
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        if self._addr is None:
+            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+            self._addr = infos[0][0], infos[0][4]
+        family, addr = self._addr
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if _SO_TIMESTAMPNS is not None:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            await loop.sock_connect(sock, addr)
+            tls = None
+            if self.ssl is not None:
+                tls = _TLS(self.ssl, self.host)
+                await tls.handshake(sock)
+        except BaseException:
+            sock.close()
+            raise
+        conn = _Connection(self, sock, tls)
         return conn
 
     def _release(self, conn: _Connection) -> None:
@@ -298,8 +447,7 @@ class ConnectionPool:
     async def close(self) -> None:
         """Close every connection."""
         for conn in list(self._all):
-            if conn.transport is not None:
-                conn.transport.close()
+            conn._lost(ConnectionAbortedError("the pool was closed"))
         self._idle.clear()
         self._all.clear()
         await asyncio.sleep(0)
