@@ -10,9 +10,9 @@ a Ray actor on its own uvloop thread so the driver can poll and stop it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import resource
-import sys
 import threading
 import time
 from collections import Counter
@@ -45,7 +45,6 @@ TELEMETRY_SCHEMA = pa.schema(
 
 _LAG_INTERVAL_S = 0.05
 _TELEMETRY_INTERVAL_S = 0.25
-_GIL_SWITCH_INTERVAL_S = 0.0005
 _FD_RESERVE = 64
 #: How often a worker actor checks that the Ray process that started it is still alive.
 _PARENT_CHECK_S = 0.2
@@ -231,6 +230,10 @@ class WorkerCore:
         if run.mode == "concurrency":
             check_socket_limits(run.concurrency, self.worker_id)
         self._prepared = _LevelState(run, self, shard)
+        # The level's rows and bodies live until its end: a full collection walking them
+        # mid-level stalls the loop for tens of milliseconds, so they are exempted from it.
+        gc.collect()
+        gc.freeze()
 
     async def start_level(self, t0_ns: int) -> dict[str, Any]:
         """Send the prepared level from ``t0_ns`` on; return its ledger and timing health."""
@@ -258,6 +261,7 @@ class WorkerCore:
             if self._writing is not None:
                 await self._writing  # a periodic flush still in flight
             await self._flush(state)
+            gc.unfreeze()  # the level's garbage is collectable again
         return {**state.ledger(), "cpu_s": time.process_time() - cpu0}
 
     async def _sleep_until(self, t_ns: int) -> bool:
@@ -597,9 +601,6 @@ class Worker:
 
         ctx = ray.get_runtime_context()
         self.node_id = ctx.get_node_id()
-        # Ray's threads and the Parquet writer share the GIL with the event loop; at the default
-        # 5 ms switch interval a timestamp or a scheduled send can wait that long for its turn.
-        sys.setswitchinterval(_GIL_SWITCH_INTERVAL_S)
         self._loop = _new_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"loadgen-worker-{worker_id}", daemon=True)
         self._thread.start()
