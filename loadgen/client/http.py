@@ -1,12 +1,14 @@
-"""Keep-alive HTTP/1.1 connections built for thousands of streams: a bytes protocol, stamped on arrival.
+"""Keep-alive HTTP/1.1 connections built for thousands of streams, each read stamped on arrival.
 
-Each connection is an ``asyncio.Protocol`` whose response is parsed in C by
-``httptools`` and handed, chunk by chunk, straight to the request's
-:class:`Exchange` inside ``data_received``. No stream reader, future or task
-wake-up stands between a token's bytes and its timestamp, which is what lets
-one core follow thousands of streams (aiohttp's ``StreamReader`` path costs
-about four times more CPU per chunk). Timeouts cost one timer per request,
-re-armed only when it fires, never per chunk.
+Each connection is a non-blocking socket read by the event loop's reader
+callback; its response is parsed in C by ``httptools`` and handed, chunk by
+chunk, straight to the request's :class:`Exchange`. No stream reader, future
+or task wake-up stands between a token's bytes and its timestamp, which is
+what lets one core follow thousands of streams (aiohttp's ``StreamReader``
+path cost about three times more CPU per chunk). Each read also carries the
+kernel's arrival time of its bytes, so a busy loop does not make tokens look
+late. Timeouts cost one timer per request, re-armed only when it fires, never
+per chunk.
 """
 
 from __future__ import annotations
