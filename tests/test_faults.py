@@ -123,7 +123,7 @@ class Case:
 CASES = {
     "http-5xx": Case("http_503", "http_error", r"^HTTP 503: .*injected fault", 0),
     "http-429-retry-after": Case("http_429", "http_error", r"^HTTP 429 \(Retry-After: 1\): .*injected fault", 0),
-    "connection-refused": Case(None, "connection_error", r"^cannot connect: .*Connect call failed", 0),
+    "connection-refused": Case(None, "connection_error", r"^cannot connect: .*Connection refused", 0),
     "reset-mid-stream": Case("reset", "connection_error", r"^connection broken: .*Connection reset by peer", 3),
     "stream-without-done": Case("truncate", "protocol_error", r"^stream ended without data: \[DONE\]$", OUT // 2),
     "malformed-sse-json": Case("garbage", "protocol_error", r"^malformed JSON in SSE event: ", 1),

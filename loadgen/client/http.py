@@ -14,6 +14,7 @@ per chunk.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 import struct
@@ -409,8 +410,12 @@ class ConnectionPool:
             conn = await asyncio.wait_for(self._connect(), timeout)
         except asyncio.TimeoutError:
             raise ConnectTimeout(f"no connection to {self.host}:{self.port} within {timeout:g} s") from None
-        except (OSError, ssl.SSLError) as exc:
-            raise ConnectError(f"{self.host}:{self.port}: {getattr(exc, 'strerror', None) or exc}") from None
+        except ssl.SSLError as exc:
+            raise ConnectError(f"{self.host}:{self.port}: TLS: {exc}") from None
+        except OSError as exc:
+            # the loop's own wording ("Connect call failed …") hides the cause the errno names
+            reason = f"[Errno {exc.errno}] {os.strerror(exc.errno)}" if exc.errno else str(exc)
+            raise ConnectError(f"{self.host}:{self.port}: {reason}") from None
         self._all.add(conn)
         return conn
 
