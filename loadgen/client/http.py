@@ -328,7 +328,12 @@ class _Connection:
 
 
 class ConnectionPool:
-    """Keep-alive connections to one origin, at most ``limit`` open, for one worker's requests."""
+    """Keep-alive connections to one origin for one worker's requests, at most ``limit`` of them at once.
+
+    A request holds its slot until it is done; a stream is done at ``[DONE]``, so
+    a connection whose last bytes are still on their way can briefly sit beside
+    a new one. Servers end the response in the same write, so this is rare.
+    """
 
     def __init__(
         self,
