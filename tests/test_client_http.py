@@ -312,3 +312,26 @@ def test_https_through_memory_bios(tmp_path):
     assert [(r["status"], len(r["chunk_ns"])) for r in recs] == [("ok", 2)] * 3
     assert connections == 1  # kept alive for all three (the refused one never got past its handshake)
     assert refused["status"] == "connection_error" and "CERTIFICATE_VERIFY_FAILED" in refused["error"]
+
+
+def test_a_request_larger_than_the_socket_buffer_is_sent_whole():
+    """A long prompt (8 MiB here) is written in pieces as the server reads it, none lost."""
+    body = b'{"prompt":"' + b"x" * (8 << 20) + b'"}'
+
+    async def respond(request, writer):
+        await asyncio.sleep(0)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(chunked(SSE_BODY))
+        await writer.drain()
+
+    async def go():
+        async with RawServer(respond) as srv:
+            pool = ConnectionPool(srv.url, now=time.monotonic_ns)
+            rec: dict = {}
+            await execute(pool, "/v1/completions", body, {}, rec, api="completions", stream=True)
+            await pool.close()
+            return rec, srv.requests
+
+    rec, requests = asyncio.run(go())
+    assert rec["status"] == "ok" and len(rec["chunk_ns"]) == 2
+    assert len(requests) == 1 and requests[0].endswith(body)
