@@ -271,6 +271,13 @@ def validate(cfg: LoadgenConfig) -> LoadgenConfig:
     for key in ("timeout_s", "stall_timeout_s", "connect_timeout_s", "scrape_interval_s"):
         v = getattr(t, key)
         _require(0 < v < math.inf, f"target.{key}", "a positive, finite number of seconds", v)
+    for name, value in t.headers.items():
+        _require(
+            bool(name) and not any(ch in str(name) for ch in ":\r\n ") and not any(ch in str(value) for ch in "\r\n"),
+            f"target.headers.{name}",
+            "a header name without colons or spaces, and a value without line breaks",
+            value,
+        )
     if t.api_key_env is not None:
         _require(
             t.api_key_env in os.environ,

@@ -335,3 +335,11 @@ def test_a_request_larger_than_the_socket_buffer_is_sent_whole():
     rec, requests = asyncio.run(go())
     assert rec["status"] == "ok" and len(rec["chunk_ns"]) == 2
     assert len(requests) == 1 and requests[0].endswith(body)
+
+
+def test_a_header_that_would_break_the_request_is_refused():
+    with pytest.raises(ValueError, match="invalid HTTP header 'X-Team'"):
+        ConnectionPool("http://127.0.0.1:9/v1", now=time.monotonic_ns, headers={"X-Team": "a\r\nHost: evil"})
+    pool = ConnectionPool("http://127.0.0.1:9/v1", now=time.monotonic_ns)
+    with pytest.raises(ValueError, match="invalid HTTP header 'Bad Name'"):
+        pool.request_bytes("/v1/completions", b"", {"Bad Name": "x"})

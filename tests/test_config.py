@@ -43,3 +43,10 @@ def test_the_defaults_are_bounded():
     assert isinstance(cfg, LoadgenConfig)
     assert 0 < cfg.load.duration_s < math.inf and cfg.load.max_requests > 0
     assert 0 < cfg.target.timeout_s < math.inf and 0 < cfg.max_run_s < math.inf
+
+
+@pytest.mark.parametrize("headers", [{"X-Team": "a\r\nHost: evil"}, {"Bad Name": "x"}, {"X:Y": "z"}])
+def test_a_header_that_would_break_requests_is_refused_naming_it(headers):
+    name = next(iter(headers))
+    with pytest.raises(ConfigError, match=rf"^config key 'target\.headers\.{name}' is .*; expected a header name"):
+        to_config({"target": {"headers": headers}})

@@ -358,7 +358,7 @@ class ConnectionPool:
         default_port = self.port == (443 if parts.scheme == "https" else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
         lines = [f"Host: {host if default_port else f'{host}:{self.port}'}"]
-        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        lines += [_header_line(k, v) for k, v in (headers or {}).items()]
         if not keep_alive:
             lines.append("Connection: close")
         self._head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
@@ -373,7 +373,7 @@ class ConnectionPool:
 
     def request_bytes(self, path: str, body: bytes, headers: dict[str, str]) -> bytes:
         """The whole POST request: request line, pooled headers, per-request headers, body."""
-        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        extra = "".join(_header_line(k, v) + "\r\n" for k, v in headers.items())
         return b"POST %s HTTP/1.1\r\n%s%sContent-Length: %d\r\n\r\n%s" % (
             path.encode("latin-1"), self._head, extra.encode("latin-1"), len(body), body
         )
@@ -494,6 +494,13 @@ class _Watchdog:
 
     def cancel(self) -> None:
         self.handle.cancel()
+
+
+def _header_line(name: str, value: str) -> str:
+    """``Name: value``, refusing what would break the request's framing."""
+    if not name or any(c in name for c in ":\r\n ") or "\r" in value or "\n" in value:
+        raise ValueError(f"invalid HTTP header {name!r}: {value[:60]!r} (no colon or space in the name, no line breaks)")
+    return f"{name}: {value}"
 
 
 def request_path(url: str) -> str:
