@@ -6,8 +6,14 @@ its own CPU use is printed so you can see which side saturated. Each case is a
 full ``loadgen`` run (Ray workers, per-chunk recording, Parquet, driver), with
 start-up excluded: CPU is counted over the level only.
 
+Memory per open stream is measured apart: one worker holds N streams open at
+once (one token per second, so every stream stays open for the whole level) for
+two values of N, and the difference in the worker's peak RSS is divided by the
+difference in N.
+
     python scripts/bench_client.py                       # default cases
     python scripts/bench_client.py --concurrency 32 256 1024 --workers 1 2
+    python scripts/bench_client.py --concurrency --memory-streams 500 4000   # memory only
 """
 
 from __future__ import annotations
@@ -86,6 +92,22 @@ def one_case(args, concurrency: int, workers: int) -> dict:
                 p.terminate()
 
 
+def memory_case(args, streams: int) -> float:
+    """Peak RSS (MB) of one worker holding ``streams`` streams open at one token per second."""
+    slow = argparse.Namespace(**{**vars(args), "itl_ms": 1000.0, "tokens": 8, "duration": 6.0})
+    truth = os.path.join(tempfile.mkdtemp(prefix="bench_truth_"), "truth")
+    procs = fast_sse_server.start(args.port, args.server_procs, slow.ttft_ms, slow.itl_ms, truth_path=truth)
+    try:
+        r = _measure(slow, streams, 1, [p.pid for p in procs], procs, truth)
+        if r["errors"]:
+            raise SystemExit(f"memory case with {streams} streams had {r['errors']} errors")
+        return r["worker_rss_mb"]
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+
+
 def _measure(args, concurrency: int, workers: int, server_pids: list[int], procs, truth: str) -> dict:
     port, duration, tokens = args.port, args.duration, args.tokens
     run_dir = tempfile.mkdtemp(prefix="bench_client_")
@@ -147,7 +169,9 @@ def _measure(args, concurrency: int, workers: int, server_pids: list[int], procs
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[32, 256, 1024])
+    ap.add_argument("--concurrency", type=int, nargs="*", default=[32, 256, 1024])
+    ap.add_argument("--memory-streams", type=int, nargs="*", default=[500, 4000],
+                    help="two counts of streams held open by one worker, for memory per open stream (none: skip)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--duration", type=float, default=8.0, help="seconds of sending per case")
     ap.add_argument("--tokens", type=int, default=64, help="output tokens per request")
@@ -170,19 +194,24 @@ def main() -> None:
                 f"loop lag p99 {r['loop_lag_p99_ms']:.1f} ms, errors {r['errors']}",
                 flush=True,
             )
-    print()
-    print(f"{'workers':>7} {'conc':>6} {'tok/s':>8} {'tok/CPU-s':>10} {'wrk CPU%':>8} {'srv CPU%':>8} {'err p50':>8} {'err p99':>8} {'lag p99':>8} {'RSS MB':>7} {'KB/stream':>9}  saturated")
-    base_rss = {}
+    if rows:
+        print()
+        print(f"{'workers':>7} {'conc':>6} {'tok/s':>8} {'tok/CPU-s':>10} {'wrk CPU%':>8} {'srv CPU%':>8} {'err p50':>8} {'err p99':>8} {'lag p99':>8} {'RSS MB':>7}  saturated")
     for r in rows:
-        base_rss.setdefault(r["workers"], r)
-    for r in rows:
-        b = base_rss[r["workers"]]
-        per_stream = (r["worker_rss_mb"] - b["worker_rss_mb"]) * 1024 / max(1, (r["concurrency"] - b["concurrency"]) / r["workers"]) if r is not b else float("nan")
         side = "server" if r["server_cpu_pct"] > 85 * args.server_procs else ("loadgen" if r["worker_cpu_pct"] > 85 else "neither")
         print(
             f"{r['workers']:>7} {r['concurrency']:>6} {r['tokens_per_s']:>8.0f} {r['tokens_per_cpu_s']:>10.0f} {r['worker_cpu_pct']:>8.0f} "
             f"{r['server_cpu_pct']:>8.0f} {r['ttft_err_p50_ms']:>8.2f} {r['ttft_err_p99_ms']:>8.2f} {r['loop_lag_p99_ms']:>8.1f} "
-            f"{r['worker_rss_mb']:>7.0f} {per_stream:>9.1f}  {side}"
+            f"{r['worker_rss_mb']:>7.0f}  {side}"
+        )
+    if len(args.memory_streams) == 2:
+        low, high = sorted(args.memory_streams)
+        rss = {n: memory_case(args, n) for n in (low, high)}
+        per_stream_kb = (rss[high] - rss[low]) * 1024 / (high - low)
+        print()
+        print(
+            f"memory: one worker's peak RSS {rss[low]:.0f} MB with {low} open streams, {rss[high]:.0f} MB with {high}: "
+            f"{per_stream_kb:.1f} KB per open stream"
         )
 
 
