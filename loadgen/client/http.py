@@ -258,10 +258,12 @@ class _Connection:
             return
         t = ex.now()
         if anc:
-            sec, nsec = _TIMESPEC.unpack_from(anc[0][2])
-            arrived = sec * 1_000_000_000 + nsec + ex.realtime_shift
-            if arrived < t:
-                t = arrived
+            level, kind, stamp = anc[0]
+            if kind == _SO_TIMESTAMPNS and level == socket.SOL_SOCKET and len(stamp) >= _TIMESPEC.size:
+                sec, nsec = _TIMESPEC.unpack_from(stamp)
+                arrived = sec * 1_000_000_000 + nsec + ex.realtime_shift
+                if arrived < t:
+                    t = arrived
         ex.t = ex.last_ns = t
         if ex.first_byte_ns is None:
             ex.first_byte_ns = t
@@ -435,7 +437,10 @@ class ConnectionPool:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if _SO_TIMESTAMPNS is not None:
-                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+                except OSError:
+                    pass  # a kernel (or sandbox) without receive stamps: reads are stamped when read
             await loop.sock_connect(sock, addr)
             tls = None
             if self.ssl is not None:
