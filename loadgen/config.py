@@ -271,9 +271,11 @@ def validate(cfg: LoadgenConfig) -> LoadgenConfig:
     for key in ("timeout_s", "stall_timeout_s", "connect_timeout_s", "scrape_interval_s"):
         v = getattr(t, key)
         _require(0 < v < math.inf, f"target.{key}", "a positive, finite number of seconds", v)
+    from loadgen.client.http import valid_header  # here: the client package imports this module
+
     for name, value in t.headers.items():
         _require(
-            bool(name) and not any(ch in str(name) for ch in ":\r\n ") and not any(ch in str(value) for ch in "\r\n"),
+            valid_header(str(name), str(value)),
             f"target.headers.{name}",
             "a header name without colons or spaces, and a value without line breaks",
             value,

@@ -358,8 +358,6 @@ class WorkerCore:
             if rec.get("sent_ns") is None:
                 rec["sent_ns"] = self.now()
             rec["end_ns"] = self.now()
-            if rec.get("chunk_ns"):
-                rec["first_token_ns"] = rec["chunk_ns"][0]
         finally:
             self.in_flight -= 1
         rec["loop_lag_ms"] = max(lag_at_send, self.lag_ms)

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from loadgen.client.http import ConnectionPool, Timeouts
+from loopback import serve_app
 from loadgen.client.openai import request_body
 from loadgen.client.stream import execute
 from loadgen.config import TargetConfig
@@ -48,12 +49,7 @@ async def serve(handler) -> tuple[web.AppRunner, str]:
     app = web.Application()
     app.router.add_post("/v1/completions", handler)
     app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    return runner, f"http://127.0.0.1:{port}/v1"
+    return await serve_app(app)
 
 
 def streaming(chunks: list[bytes], gap_s: float = 0.0, *, hang_s: float = 0.0):

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from loadgen.client.http import ConnectionPool, Timeouts
 from loadgen.client.stream import execute
+from loopback import serve_app
 
 STREAMS = Path(__file__).parent / "fixtures" / "streams"
 SSE_FIXTURES = sorted(p.name for p in STREAMS.glob("*.sse"))
@@ -75,14 +76,10 @@ async def replay(body: bytes, api: str, *, stream: bool, piece: int | None, cont
     app = web.Application()
     app.router.add_post("/v1/completions", handler)
     app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    runner, base = await serve_app(app)
     path = "/v1/chat/completions" if api == "chat" else "/v1/completions"
     rec: dict = {}
-    pool = ConnectionPool(f"http://127.0.0.1:{port}", now=time.monotonic_ns, timeouts=Timeouts(total_s=10, stall_s=5))
+    pool = ConnectionPool(base, now=time.monotonic_ns, timeouts=Timeouts(total_s=10, stall_s=5))
     try:
         await execute(pool, path, b"{}", {}, rec, api=api, stream=stream)
     finally:
@@ -162,15 +159,9 @@ async def llama_like_pair(force_close: bool) -> list[dict]:
 
     app = web.Application()
     app.router.add_post("/v1/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    runner, base = await serve_app(app)
     recs: list[dict] = [{}, {}]
-    pool = ConnectionPool(
-        f"http://127.0.0.1:{port}", now=time.monotonic_ns, timeouts=Timeouts(total_s=10), keep_alive=not force_close
-    )
+    pool = ConnectionPool(base, now=time.monotonic_ns, timeouts=Timeouts(total_s=10), keep_alive=not force_close)
     try:
         for rec in recs:
             await execute(pool, "/v1/completions", b"{}", {}, rec, api="completions", stream=True)

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from loadgen.scrape import CANONICAL, METRIC_NAMES, SERVER_METRICS_SCHEMA, MetricsScraper, names_for, parse_metrics, scraper_for
+from loopback import serve_app
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 
@@ -132,11 +133,7 @@ def metrics_server(handler: Callable[[web.Request], web.StreamResponse] | None) 
         app = web.Application()
         if handler is not None:
             app.router.add_get("/metrics", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        box["port"] = site._server.sockets[0].getsockname()[1]
+        runner, box["url"] = await serve_app(app)
         box["stop"] = asyncio.Event()
         started.set()
         await box["stop"].wait()
@@ -146,7 +143,7 @@ def metrics_server(handler: Callable[[web.Request], web.StreamResponse] | None) 
     thread.start()
     assert started.wait(10)
     try:
-        yield f"http://127.0.0.1:{box['port']}"
+        yield box["url"].removesuffix("/v1")
     finally:
         loop.call_soon_threadsafe(box["stop"].set)
         thread.join(10)

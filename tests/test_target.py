@@ -9,6 +9,7 @@ from aiohttp import web
 
 from loadgen.config import TargetConfig
 from loadgen.target import TargetError, _check
+from loopback import serve_app
 
 
 async def _serve(statuses: list[int], seen: list[str]) -> tuple[web.AppRunner, str]:
@@ -23,11 +24,7 @@ async def _serve(statuses: list[int], seen: list[str]) -> tuple[web.AppRunner, s
     app = web.Application()
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/completions", complete)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+    return await serve_app(app)
 
 
 def _run(statuses: list[int]) -> tuple[str | Exception, list[str]]:

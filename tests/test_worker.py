@@ -14,6 +14,7 @@ from loadgen.config import ClusterConfig, TargetConfig
 from loadgen.records import read_records
 from loadgen.worker import ClientLimitError, LevelRun, TargetSpec, WorkerCore, check_socket_limits
 from loadgen.workload.table import REQUEST_SCHEMA
+from loopback import serve_app
 
 
 class FakeServer:
@@ -45,11 +46,8 @@ class FakeServer:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_post("/v1/completions", self.handler)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+        self.runner, base = await serve_app(app)
+        return base
 
 
 def shard(n: int, offsets=None, *, sessions: int = 0, turns: int = 1, out: int = 4) -> pa.Table:

@@ -403,8 +403,6 @@ class ConnectionPool:
                 raise
             finally:
                 timer.cancel()
-            if conn.exchange is exchange and not self.keep_alive:
-                conn.abort()
 
     async def _acquire(self, deadline: float) -> _Connection:
         while self._idle:
@@ -501,9 +499,14 @@ class _Watchdog:
         self.handle.cancel()
 
 
+def valid_header(name: str, value: str) -> bool:
+    """Whether a header can go on the wire as it is: a name without colons or spaces, no line breaks."""
+    return bool(name) and not any(c in name for c in ":\r\n ") and "\r" not in value and "\n" not in value
+
+
 def _header_line(name: str, value: str) -> str:
     """``Name: value``, refusing what would break the request's framing."""
-    if not name or any(c in name for c in ":\r\n ") or "\r" in value or "\n" in value:
+    if not valid_header(name, value):
         raise ValueError(f"invalid HTTP header {name!r}: {value[:60]!r} (no colon or space in the name, no line breaks)")
     return f"{name}: {value}"
 

@@ -206,8 +206,16 @@ async def execute(
     stream: bool,
 ) -> None:
     """Send one request and fill ``rec``; one retry if a pooled connection was already dead."""
-    rec["chunk_ns"] = []
-    request = pool.request_bytes(path, body, headers)
+    chunks: list[int] = []
+    rec["chunk_ns"] = chunks
+    try:
+        await _attempts(pool, pool.request_bytes(path, body, headers), rec, api, stream)
+    finally:  # whatever ended the request, cancellation included, the first token is the first chunk
+        if chunks:
+            rec["first_token_ns"] = chunks[0]
+
+
+async def _attempts(pool: ConnectionPool, request: bytes, rec: dict[str, Any], api: str, stream: bool) -> None:
     now = pool.now
 
     def sent() -> None:
@@ -215,16 +223,12 @@ async def execute(
 
     for attempt in (1, 2):
         rec["attempts"] = attempt
-        response = _Response(rec, api, stream, pool)
         try:
-            await pool.send(request, response, on_sent=sent)
-            if rec.get("status") == "http_error":
-                return
-            rec["status"] = "ok"
-            if rec.get("output_tokens") is None:
-                rec["output_tokens"] = len(rec["chunk_ns"])
-            if rec["chunk_ns"]:
-                rec["first_token_ns"] = rec["chunk_ns"][0]
+            await pool.send(request, _Response(rec, api, stream, pool), on_sent=sent)
+            if rec.get("status") != "http_error":
+                rec["status"] = "ok"
+                if rec.get("output_tokens") is None:
+                    rec["output_tokens"] = len(rec["chunk_ns"])
             return
         except Disconnected as exc:
             # A keep-alive connection the server had already closed (llama.cpp does this):
@@ -240,10 +244,6 @@ async def execute(
             _fail(rec, "timeout", str(exc), now)
         except (StreamError, InvalidResponse) as exc:
             _fail(rec, "protocol_error", str(exc), now)
-        if rec.get("sent_ns") is None:
-            rec["sent_ns"] = rec["end_ns"]
-        if rec["chunk_ns"]:
-            rec["first_token_ns"] = rec["chunk_ns"][0]
         return
 
 
