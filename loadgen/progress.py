@@ -66,7 +66,8 @@ class LevelProgress:
             if c["loop_lag_max_ms"] > threshold_ms and wid not in self._warned:
                 self._warned.add(wid)
                 self.console.print(
-                    f"[yellow]warning:[/] worker {wid}'s event loop lagged {c['loop_lag_max_ms']:.1f} ms "
-                    f"(> {threshold_ms:g} ms): loadgen, not the server, may be the bottleneck at this level "
-                    f"(requests can leave late). Add workers (cluster.workers=N) or lower the load."
+                    f"[yellow]warning:[/] worker {wid}'s event loop stalled {c['loop_lag_max_ms']:.1f} ms "
+                    f"(> {threshold_ms:g} ms). If that keeps happening (p99 over the level), the report flags the "
+                    f"level client-bound: loadgen, not the server, may be the bottleneck and requests leave late. "
+                    f"Add workers (cluster.workers=N) or lower the load."
                 )

@@ -236,8 +236,8 @@ def _run_one(
     t0 = clock.now() + int(START_LEAD_S * 1e9) + pool.max_clock_uncertainty_ns()
     futures = [pool.actors[w].start_level.remote(t0) for w in live]
 
-    unit = {"rate": "req/s", "concurrency": "streams", "trace": "x trace speed"}[spec.mode]
-    title = f"level {spec.index + 1}/{n_levels or '?'}  {spec.value:g} {unit}"
+    # numbered as in the report, records (level=K) and run.json; the count is for progress
+    title = f"level {spec.index} ({spec.index + 1}/{n_levels or '?'})  {spec.value:g} {_UNITS[spec.mode]}"
     results: dict[int, dict[str, Any]] = {}
     lost: dict[int, str] = {}
     last_seen: dict[int, dict[str, Any]] = {}  # each worker's latest live counters
@@ -330,7 +330,7 @@ def _prepare(
         for w, why in dead.items():
             _mark_lost(state, w, why)
         state.save()
-        console.print(f"[yellow]workers {sorted(dead)} were lost before level {spec.index + 1}; it runs on the others[/]")
+        console.print(f"[yellow]workers {sorted(dead)} were lost before level {spec.index}; it runs on the others[/]")
 
 
 def _reason(exc: BaseException) -> str:
@@ -469,11 +469,14 @@ def _flushed_statuses(run_dir: str, level: int, worker: int) -> Counter[str]:
     return Counter(table.column("status").to_pylist())
 
 
+_UNITS = {"rate": "req/s", "concurrency": "streams", "trace": "x trace speed"}
+
+
 def _print_level(console: Console, entry: dict[str, Any]) -> None:
     led = entry["ledger"]
     errors = sum(led["errors"].values())
     line = (
-        f"level {entry['level'] + 1}: {entry['value']:g} {entry['mode']}  sent {led['sent']}/{led['planned']}  "
+        f"level {entry['level']}: {entry['value']:g} {_UNITS[entry['mode']]}  sent {led['sent']}/{led['planned']}  "
         f"ok {led['ok']}  errors {errors}  cancelled {led['cancelled']}"
     )
     if led["lost_workers"]:
