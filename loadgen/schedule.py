@@ -10,13 +10,11 @@ offset_i), never accumulated sleeps.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from loadgen.config import LoadConfig
 from loadgen.workload.table import Workload

@@ -20,11 +20,11 @@ import pytest
 
 from loadgen import cluster
 from loadgen.config import ClusterConfig
+from traces import TRACES, needs_traces
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRACES = os.path.join(os.path.dirname(REPO), "shared", "traces")
-AZURE_CONV = os.path.join(TRACES, "AzureLLMInferenceTrace_conv.csv")
-MOONCAKE = os.path.join(TRACES, "mooncake_trace_first1000.jsonl")
+AZURE_CONV = str(TRACES / "AzureLLMInferenceTrace_conv.csv")
+MOONCAKE = str(TRACES / "mooncake_trace_first1000.jsonl")
 
 
 def _script():
@@ -104,6 +104,7 @@ def test_prefix_reuse_counts_leading_blocks_seen_earlier():
     assert cr.prefix_reuse_tokens(ids, tokens, arrival, lead_s=1.0).tolist() == [0, 0, 0, 1300, 0]
 
 
+@needs_traces
 def test_the_slices_are_read_from_the_files_as_the_readme_describes():
     conv = cr.azure_slice(AZURE_CONV, 0, 3600)
     assert len(conv.request_ids) == 19_366
@@ -138,6 +139,7 @@ def _column(rep, name: str) -> np.ndarray:
     return rep.records.column(name).to_numpy(zero_copy_only=False)
 
 
+@needs_traces
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SLICES))
 def test_every_request_of_the_slice_is_recorded_once_and_ok(replays, name):
@@ -149,6 +151,7 @@ def test_every_request_of_the_slice_is_recorded_once_and_ok(replays, name):
     assert ledger["planned"] == ledger["sent"] == ledger["ok"] == len(src.request_ids)
 
 
+@needs_traces
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SLICES))
 def test_achieved_arrivals_match_the_trace(replays, name):
@@ -165,6 +168,7 @@ def test_achieved_arrivals_match_the_trace(replays, name):
     assert cr.mean_rate(_column(rep, "sent_ns") / 1e9) == pytest.approx(cr.mean_rate(src.arrival_s), rel=0.1)
 
 
+@needs_traces
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SLICES))
 def test_the_server_saw_the_trace_lengths(replays, name):
@@ -179,6 +183,7 @@ def test_the_server_saw_the_trace_lengths(replays, name):
     assert (_column(rep, "output_tokens") == _column(rep, "output_tokens_expected")).all()
 
 
+@needs_traces
 @pytest.mark.slow
 def test_mooncake_shared_blocks_hit_the_servers_prefix_cache(replays):
     src, rep = replays["mooncake"]

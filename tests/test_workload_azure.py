@@ -9,9 +9,8 @@ import pytest
 
 from loadgen.config import WorkloadConfig
 from loadgen.workload import REQUEST_SCHEMA, WorkloadError, load, read_rows
+from traces import TRACES, needs_traces
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
-needs_traces = pytest.mark.skipif(not TRACES.is_dir(), reason=f"shared trace samples not found at {TRACES}")
 
 HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
 

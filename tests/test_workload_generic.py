@@ -11,9 +11,8 @@ import pytest
 
 from loadgen.config import LengthDist, WorkloadConfig
 from loadgen.workload import WorkloadError, detect_kind, load
+from traces import TRACES, needs_traces
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
-needs_traces = pytest.mark.skipif(not TRACES.is_dir(), reason=f"shared trace samples not found at {TRACES}")
 
 LOG = (
     "ts,prompt_len,completion_len,conv,idx\n"

@@ -11,9 +11,8 @@ import pytest
 from loadgen.config import WorkloadConfig
 from loadgen.workload import WorkloadError, load, read_rows
 from loadgen.workload.prompts import Synthesizer
+from traces import TRACES, needs_traces
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
-needs_traces = pytest.mark.skipif(not TRACES.is_dir(), reason=f"shared trace samples not found at {TRACES}")
 SLICE = TRACES / "mooncake_trace_first1000.jsonl"
 
 

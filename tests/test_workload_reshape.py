@@ -13,9 +13,8 @@ import pytest
 from loadgen.config import ConfigError, WorkloadConfig
 from loadgen.workload import WorkloadError, load, read_rows, reshape
 from loadgen.workload.trace import ROW_SCHEMA, row_batch
+from traces import TRACES, needs_traces
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
-needs_traces = pytest.mark.skipif(not TRACES.is_dir(), reason=f"shared trace samples not found at {TRACES}")
 CONV = TRACES / "AzureLLMInferenceTrace_conv.csv"
 
 

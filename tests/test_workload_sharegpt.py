@@ -10,9 +10,8 @@ import pytest
 
 from loadgen.config import LengthDist, WorkloadConfig
 from loadgen.workload import WorkloadError, load
+from traces import TRACES, needs_traces
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
-needs_traces = pytest.mark.skipif(not TRACES.is_dir(), reason=f"shared trace samples not found at {TRACES}")
 SAMPLE = TRACES / "sharegpt_v3_filtered_500.json"
 
 

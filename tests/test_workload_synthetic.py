@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from loadgen.config import ConfigError, LengthDist, WorkloadConfig
 from loadgen.workload import REQUEST_SCHEMA, load, read_rows
+from traces import TRACES, needs_traces
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
-needs_traces = pytest.mark.skipif(not TRACES.is_dir(), reason=f"shared trace samples not found at {TRACES}")
 N = 20_000
 
 
