@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 from omegaconf import MISSING  # noqa: F401  (re-exported for conf authors)
 
+from loadgen.headers import valid_header
+
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the key and what is expected."""
@@ -271,8 +273,6 @@ def validate(cfg: LoadgenConfig) -> LoadgenConfig:
     for key in ("timeout_s", "stall_timeout_s", "connect_timeout_s", "scrape_interval_s"):
         v = getattr(t, key)
         _require(0 < v < math.inf, f"target.{key}", "a positive, finite number of seconds", v)
-    from loadgen.client.http import valid_header  # here: the client package imports this module
-
     for name, value in t.headers.items():
         _require(
             valid_header(str(name), str(value)),

@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from loadgen.headers import header_line
+
 Clock = Callable[[], int]
 
 _READ_SIZE = 1 << 18  # bytes per read: a burst of events on one stream is parsed in one go
@@ -360,7 +362,7 @@ class ConnectionPool:
         default_port = self.port == (443 if parts.scheme == "https" else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
         lines = [f"Host: {host if default_port else f'{host}:{self.port}'}"]
-        lines += [_header_line(k, v) for k, v in (headers or {}).items()]
+        lines += [header_line(k, v) for k, v in (headers or {}).items()]
         if not keep_alive:
             lines.append("Connection: close")
         self._head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
@@ -375,7 +377,7 @@ class ConnectionPool:
 
     def request_bytes(self, path: str, body: bytes, headers: dict[str, str]) -> bytes:
         """The whole POST request: request line, pooled headers, per-request headers, body."""
-        extra = "".join(_header_line(k, v) + "\r\n" for k, v in headers.items())
+        extra = "".join(header_line(k, v) + "\r\n" for k, v in headers.items())
         return b"POST %s HTTP/1.1\r\n%s%sContent-Length: %d\r\n\r\n%s" % (
             path.encode("latin-1"), self._head, extra.encode("latin-1"), len(body), body
         )
@@ -497,18 +499,6 @@ class _Watchdog:
 
     def cancel(self) -> None:
         self.handle.cancel()
-
-
-def valid_header(name: str, value: str) -> bool:
-    """Whether a header can go on the wire as it is: a name without colons or spaces, no line breaks."""
-    return bool(name) and not any(c in name for c in ":\r\n ") and "\r" not in value and "\n" not in value
-
-
-def _header_line(name: str, value: str) -> str:
-    """``Name: value``, refusing what would break the request's framing."""
-    if not valid_header(name, value):
-        raise ValueError(f"invalid HTTP header {name!r}: {value[:60]!r} (no colon or space in the name, no line breaks)")
-    return f"{name}: {value}"
 
 
 def request_path(url: str) -> str:
