@@ -57,7 +57,19 @@ class SimProfile:
     step_per_prefill_token_ms: float = 0.06  # extra step cost per prefill token in the step
     prefix_caching: bool = True  # reuse KV blocks of identical prompt prefixes
     tokens_per_chunk: int = 1  # tokens per SSE event (>1 mimics speculative decoding)
+    reasoning_tokens: int = 0  # chat: the first N tokens of each answer stream as `reasoning_content` deltas (a reasoning model thinking)
     model: str = "sim-llama"  # model name served on /v1/models
+
+
+@dataclass
+class TLSConfig:
+    """How https targets are trusted and what the client presents (the workers' and the probe's client)."""
+
+    verify: bool = True  # check the server's certificate and name; false: accept any (self-signed test servers)
+    ca_file: Optional[str] = None  # PEM bundle of CAs to trust instead of the system's (a private CA)
+    cert_file: Optional[str] = None  # PEM client certificate (mTLS gateways); may hold the key too
+    key_file: Optional[str] = None  # PEM private key of cert_file, when it is a separate file
+    server_name: Optional[str] = None  # name sent in SNI and checked in the certificate, instead of the URL's host
 
 
 @dataclass
@@ -65,13 +77,13 @@ class TargetConfig:
     """The server under test: the embedded simulator or any OpenAI-compatible server."""
 
     kind: str = "sim"  # sim: start the embedded simulator | openai: an existing server at `url`
-    url: Optional[str] = None  # base URL ending in /v1, e.g. http://127.0.0.1:8000/v1 (kind=openai)
+    url: Optional[str] = None  # base URL ending in /v1, e.g. http://127.0.0.1:8000/v1 (kind=openai; default $OPENAI_BASE_URL)
     urls: list[str] = field(default_factory=list)  # a fleet of replicas (kind=openai): worker W sends to urls[W % len(urls)]
     model: Optional[str] = None  # model name; default: the first of GET /v1/models
-    api: str = "completions"  # completions | chat
+    api: str = "completions"  # completions | chat | responses (the Responses API, /v1/responses)
     stream: bool = True  # stream tokens over SSE (needed for TTFT/ITL)
     api_key: Optional[str] = None  # bearer token; never written anywhere (prefer api_key_env)
-    api_key_env: Optional[str] = None  # name of an environment variable holding the bearer token
+    api_key_env: Optional[str] = None  # name of an environment variable holding the bearer token (kind=openai: default OPENAI_API_KEY)
     engine: str = "generic"  # vllm | sglang | tgi | llamacpp | trtllm | sim | generic: request fields and metric names
     ignore_eos: bool = True  # ask the server to generate exactly output_tokens (ignore_eos/min_tokens)
     extra_body: dict[str, Any] = field(default_factory=dict)  # extra JSON fields sent with every request
@@ -79,6 +91,8 @@ class TargetConfig:
     timeout_s: float = 600.0  # whole-request timeout
     stall_timeout_s: float = 60.0  # longest allowed gap between two streamed chunks
     connect_timeout_s: float = 10.0  # TCP connect timeout
+    tls: TLSConfig = field(default_factory=TLSConfig)  # https: verification, private CA, client certificate, server name
+    proxy: Optional[str] = None  # http://[user:pass@]HOST:PORT; null: HTTPS_PROXY/HTTP_PROXY/NO_PROXY from the environment; none: never
     new_connection_per_request: bool = False  # for servers that close pooled connections (llama.cpp)
     metrics_path: Optional[str] = "/metrics"  # Prometheus endpoint relative to the server root; null disables
     scrape_interval_s: float = 1.0  # how often server metrics are sampled during a level
@@ -233,7 +247,7 @@ class LoadgenConfig:
 
 _CHOICES = {
     "target.kind": ("sim", "openai"),
-    "target.api": ("completions", "chat"),
+    "target.api": ("completions", "chat", "responses"),
     "target.engine": ("vllm", "sglang", "tgi", "llamacpp", "trtllm", "sim", "generic"),
     "workload.kind": ("synthetic", "azure", "burstgpt", "mooncake", "sharegpt", "generic"),
     "workload.on_error": ("raise", "skip"),
@@ -260,6 +274,13 @@ def validate(cfg: LoadgenConfig) -> LoadgenConfig:
         _require(value in choices, key, "one of " + ", ".join(choices), value)
 
     t, w, ld, c = cfg.target, cfg.workload, cfg.load, cfg.cluster
+    if t.kind == "sim" and t.url:
+        raise ConfigError(
+            f"config key 'target.url' is {t.url!r} but target.kind=sim starts the embedded simulator and would ignore it; "
+            "add target=openai (or your engine's profile, e.g. target=vllm) to send the load to that URL."
+        )
+    if t.kind == "openai" and not t.url and not t.urls and os.environ.get("OPENAI_BASE_URL"):
+        t.url = os.environ["OPENAI_BASE_URL"]  # the OpenAI SDK's convention
     if t.kind == "openai" and not t.urls:
         _require(
             bool(t.url) and str(t.url).startswith(("http://", "https://")),
@@ -273,6 +294,17 @@ def validate(cfg: LoadgenConfig) -> LoadgenConfig:
     for key in ("timeout_s", "stall_timeout_s", "connect_timeout_s", "scrape_interval_s"):
         v = getattr(t, key)
         _require(0 < v < math.inf, f"target.{key}", "a positive, finite number of seconds", v)
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(t.tls, key)
+        _require(path is None or os.path.isfile(path), f"target.tls.{key}", "a readable PEM file", path)
+    _require(t.tls.key_file is None or t.tls.cert_file is not None, "target.tls.key_file", "set with target.tls.cert_file", t.tls.key_file)
+    if t.proxy and t.proxy.strip().lower() != "none":
+        _require(
+            str(t.proxy).startswith("http://") or "://" not in str(t.proxy),
+            "target.proxy",
+            "an http://HOST:PORT proxy URL, none, or null for the environment's HTTPS_PROXY/HTTP_PROXY",
+            t.proxy,
+        )
     for name, value in t.headers.items():
         _require(
             valid_header(str(name), str(value)),
@@ -361,6 +393,8 @@ def api_key(target: TargetConfig) -> Optional[str]:
         return target.api_key
     if target.api_key_env:
         return os.environ.get(target.api_key_env)
+    if target.kind == "openai":
+        return os.environ.get("OPENAI_API_KEY") or None  # the OpenAI SDK's convention
     return None
 
 

@@ -8,8 +8,10 @@ import pytest
 from aiohttp import web
 
 from loadgen.config import TargetConfig
-from loadgen.target import TargetError, _check
+from loadgen.target import TargetError, check
 from loopback import serve_app
+
+SSE_OK = b'data: {"id":"x","choices":[{"text":"a"}]}\n\ndata: [DONE]\n\n'
 
 
 async def _serve(statuses: list[int], seen: list[str]) -> tuple[web.AppRunner, str]:
@@ -19,7 +21,9 @@ async def _serve(statuses: list[int], seen: list[str]) -> tuple[web.AppRunner, s
     async def complete(request: web.Request) -> web.Response:
         seen.append(request.headers.get("X-Request-Id", ""))
         status = statuses.pop(0) if statuses else 200
-        return web.json_response({"id": "x", "error": "nope"} if status != 200 else {"id": "x"}, status=status)
+        if status != 200:
+            return web.json_response({"id": "x", "error": "nope"}, status=status)
+        return web.Response(body=SSE_OK, content_type="text/event-stream")
 
     app = web.Application()
     app.router.add_get("/v1/models", models)
@@ -33,7 +37,7 @@ def _run(statuses: list[int]) -> tuple[str | Exception, list[str]]:
     async def go():
         runner, base = await _serve(statuses, seen)
         try:
-            return await _check(TargetConfig(kind="openai", url=base), base)
+            return (await check(TargetConfig(kind="openai", url=base), base)).model
         except TargetError as exc:
             return exc
         finally:

@@ -14,6 +14,7 @@ per chunk.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import socket
 import ssl
@@ -22,11 +23,12 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Awaitable, Callable, Optional
 from urllib.parse import urlsplit
 
 import httptools
 
+from loadgen.client.proxy import Proxy as _Proxy
 from loadgen.headers import header_line
 
 Clock = Callable[[], int]
@@ -100,6 +102,7 @@ class Exchange:
         self.realtime_shift = 0  # run clock minus the kernel's realtime clock, for arrival stamps
         self.keep_alive = False
         self.message_complete = False
+        self.interim = False  # parsing a 1xx interim response
 
     # httptools callbacks ---------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -107,7 +110,16 @@ class Exchange:
 
     def on_headers_complete(self) -> None:
         assert self.parser is not None
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # an interim response (100 Continue, 103 Early Hints): the real one follows on this connection
+            self.interim = True
+            self.headers = {}
+            self.first_byte_ns = None
+            return
+        self.status = status
+        if self.first_byte_ns is None:  # the final response began in the read that ended an interim one
+            self.first_byte_ns = self.t
         # asked here: once the message is complete the parser has reset for the next one
         self.keep_alive = self.parser.should_keep_alive()
         self.on_response()
@@ -116,6 +128,9 @@ class Exchange:
         """Body bytes (chunked framing already removed)."""
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         self.message_complete = True
         self.on_end()
         self.finish()
@@ -337,6 +352,15 @@ class ConnectionPool:
     A request holds its slot until it is done; a stream is done at ``[DONE]``, so
     a connection whose last bytes are still on their way can briefly sit beside
     a new one. Servers end the response in the same write, so this is rare.
+
+    Each new connection looks the name up again (at most once per ``dns_ttl_s``,
+    one lookup shared by the connections opened meanwhile), starts at the next
+    of its addresses in turn, so connections spread over the addresses of a
+    name, and races the others after it happy-eyeballs style (RFC 8305: IPv6
+    and IPv4 interleaved, the next one started when the last fails or after
+    250 ms). With ``proxy`` (an ``http://HOST:PORT`` URL), https goes through a
+    ``CONNECT`` tunnel and http is sent to the proxy in absolute form; either
+    way the socket is still the pool's own, so reads keep their kernel stamps.
     """
 
     def __init__(
@@ -349,25 +373,42 @@ class ConnectionPool:
         timeouts: Timeouts = Timeouts(),
         keep_alive: bool = True,
         ssl_context: Optional[ssl.SSLContext] = None,
+        server_name: Optional[str] = None,
+        proxy: Optional[str] = None,
+        resolver: Optional[Resolver] = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self.scheme = parts.scheme
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.ssl = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
+        self.server_name = server_name or self.host  # TLS: the name sent (SNI) and checked in the certificate
         self.now = now
         self.timeouts = timeouts
         self.keep_alive = keep_alive
+        self.resolver = resolver or _getaddrinfo
+        self.dns_ttl_s = 1.0
         default_port = self.port == (443 if parts.scheme == "https" else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
-        lines = [f"Host: {host if default_port else f'{host}:{self.port}'}"]
+        self.authority = host if default_port else f"{host}:{self.port}"
+        lines = [f"Host: {self.authority}"]
         lines += [header_line(k, v) for k, v in (headers or {}).items()]
         if not keep_alive:
             lines.append("Connection: close")
+        self.proxy: Optional[_Proxy] = _Proxy.parse(proxy) if proxy else None
+        self._target_prefix = b""  # http through a proxy: requests name the whole URL (absolute form)
+        if self.proxy is not None and self.scheme == "http":
+            self._target_prefix = f"http://{self.authority}".encode("latin-1")
+            if self.proxy.authorization:
+                lines.append(f"Proxy-Authorization: {self.proxy.authorization}")
         self._head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
         self._slots = asyncio.Semaphore(limit)
-        self._addr: Optional[tuple[int, tuple]] = None
+        self._addrs: list[tuple[int, tuple]] = []
+        self._addrs_at = -math.inf
+        self._lookup: Optional[asyncio.Future] = None
+        self._turn = 0  # which address the next connection starts with
         # one read buffer for every connection: the loop is single-threaded and each read is parsed at once
         self._read_buffer = bytearray(_READ_SIZE)
         self._read_buffers = [self._read_buffer]
@@ -375,11 +416,13 @@ class ConnectionPool:
         self._idle: deque[_Connection] = deque()
         self._all: set[_Connection] = set()
 
-    def request_bytes(self, path: str, body: bytes, headers: dict[str, str]) -> bytes:
-        """The whole POST request: request line, pooled headers, per-request headers, body."""
+    def request_bytes(self, path: str, body: bytes, headers: dict[str, str], method: str = "POST") -> bytes:
+        """The whole request: request line, pooled headers, per-request headers, body (a GET has none)."""
         extra = "".join(header_line(k, v) + "\r\n" for k, v in headers.items())
-        return b"POST %s HTTP/1.1\r\n%s%sContent-Length: %d\r\n\r\n%s" % (
-            path.encode("latin-1"), self._head, extra.encode("latin-1"), len(body), body
+        length = b"Content-Length: %d\r\n" % len(body) if body or method != "GET" else b""
+        return b"%s %s%s HTTP/1.1\r\n%s%s%s\r\n%s" % (
+            method.encode("ascii"), self._target_prefix, path.encode("latin-1"), self._head, extra.encode("latin-1"),
+            length, body,
         )
 
     async def send(self, request: bytes, exchange: Exchange, *, on_sent: Callable[[], None]) -> None:
@@ -405,6 +448,8 @@ class ConnectionPool:
                 raise
             finally:
                 timer.cancel()
+            if conn.exchange is exchange and exchange.eof_delimited:
+                conn.abort()  # done before the body's end, which only the server's close would mark (HTTP/1.0)
 
     async def _acquire(self, deadline: float) -> _Connection:
         while self._idle:
@@ -413,44 +458,57 @@ class ConnectionPool:
                 return conn
         loop = asyncio.get_running_loop()
         timeout = min(self.timeouts.connect_s, max(0.0, deadline - loop.time()))
+        where = f"{self.host}:{self.port}" + (f" via proxy {self.proxy.host}:{self.proxy.port}" if self.proxy else "")
         try:
             conn = await asyncio.wait_for(self._connect(), timeout)
         except asyncio.TimeoutError:
-            raise ConnectTimeout(f"no connection to {self.host}:{self.port} within {timeout:g} s") from None
+            raise ConnectTimeout(f"no connection to {where} within {timeout:g} s") from None
         except ssl.SSLError as exc:
             raise ConnectError(f"{self.host}:{self.port}: TLS: {exc}") from None
         except OSError as exc:
-            # the loop's own wording ("Connect call failed …") hides the cause the errno names
-            reason = f"[Errno {exc.errno}] {os.strerror(exc.errno)}" if exc.errno else str(exc)
-            raise ConnectError(f"{self.host}:{self.port}: {reason}") from None
+            raise ConnectError(f"{where}: {_reason(exc)}") from None
         self._all.add(conn)
         return conn
 
     async def _connect(self) -> _Connection:
-        loop = asyncio.get_running_loop()
-        if self._addr is None:
-            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-            self._addr = infos[0][0], infos[0][4]
-        family, addr = self._addr
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        host, port = (self.proxy.host, self.proxy.port) if self.proxy else (self.host, self.port)
+        addrs = await self._addresses(host, port)
+        start = self._turn % len(addrs)
+        self._turn += 1
+        sock = await _race(addrs[start:] + addrs[:start])
         try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if _SO_TIMESTAMPNS is not None:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-                except OSError:
-                    pass  # a kernel (or sandbox) without receive stamps: reads are stamped when read
-            await loop.sock_connect(sock, addr)
+            if self.proxy is not None and self.ssl is not None:
+                await self.proxy.tunnel(sock, self.authority)
             tls = None
             if self.ssl is not None:
-                tls = _TLS(self.ssl, self.host)
+                tls = _TLS(self.ssl, self.server_name)
                 await tls.handshake(sock)
         except BaseException:
             sock.close()
             raise
-        conn = _Connection(self, sock, tls)
-        return conn
+        return _Connection(self, sock, tls)
+
+    async def _addresses(self, host: str, port: int) -> list[tuple[int, tuple]]:
+        """The name's addresses, IPv6 and IPv4 interleaved; looked up again once ``dns_ttl_s`` has passed."""
+        loop = asyncio.get_running_loop()
+        if self._addrs and loop.time() - self._addrs_at < self.dns_ttl_s:
+            return self._addrs
+        if self._lookup is None:  # one lookup at a time, shared by every connection waiting for it
+            self._lookup = asyncio.ensure_future(self.resolver(host, port))
+            self._lookup.add_done_callback(self._looked_up)
+        try:
+            infos = await asyncio.shield(self._lookup)
+        except socket.gaierror as exc:
+            raise OSError(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from None
+        if not infos:
+            raise OSError(f"{host!r} resolved to no address")
+        self._addrs, self._addrs_at = _interleave(infos), loop.time()
+        return self._addrs
+
+    def _looked_up(self, lookup: asyncio.Future) -> None:
+        self._lookup = None
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved: a failed lookup nobody awaited any more is not an error to log
 
     def _release(self, conn: _Connection) -> None:
         if self.keep_alive and not conn.closed:
@@ -468,6 +526,99 @@ class ConnectionPool:
         self._idle.clear()
         self._all.clear()
         await asyncio.sleep(0)
+
+
+Resolver = Callable[[str, int], Awaitable[list]]
+_HAPPY_EYEBALLS_DELAY_S = 0.25  # RFC 8305's recommended "connection attempt delay"
+
+
+async def _getaddrinfo(host: str, port: int) -> list:
+    """``getaddrinfo`` results for a TCP connection to ``host:port``."""
+    return await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+
+def _interleave(infos: list) -> list[tuple[int, tuple]]:
+    """(family, address) pairs, alternating families from the first one listed (RFC 8305, section 4)."""
+    seen: set = set()
+    by_family: dict[int, list[tuple[int, tuple]]] = {}
+    for family, _, _, _, addr in infos:
+        if (family, addr) not in seen:
+            seen.add((family, addr))
+            by_family.setdefault(family, []).append((family, addr))
+    groups = list(by_family.values())
+    out = []
+    for i in range(max(len(g) for g in groups)):
+        out += [g[i] for g in groups if i < len(g)]
+    return out
+
+
+async def _open_socket(family: int, addr: tuple) -> socket.socket:
+    """A connected non-blocking TCP socket with no delay and, where the kernel has them, receive stamps."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if _SO_TIMESTAMPNS is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            except OSError:
+                pass  # a kernel (or sandbox) without receive stamps: reads are stamped when read
+        await loop.sock_connect(sock, addr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _race(addrs: list[tuple[int, tuple]]) -> socket.socket:
+    """Connect to the first address that answers, starting the next when one fails or after 250 ms."""
+    if len(addrs) == 1:
+        return await _open_socket(*addrs[0])
+    waiting = list(addrs)
+    tasks: list[asyncio.Task] = []
+    errors: list[str] = []
+    won: Optional[asyncio.Task] = None
+    try:
+        while won is None:
+            if waiting:
+                family, addr = waiting.pop(0)
+                task = asyncio.ensure_future(_open_socket(family, addr))
+                task.addr = addr  # type: ignore[attr-defined]
+                tasks.append(task)
+            running = [t for t in tasks if not t.done()]
+            if not running:
+                break
+            done, _ = await asyncio.wait(
+                running, timeout=_HAPPY_EYEBALLS_DELAY_S if waiting else None, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                if task.exception() is None:
+                    won = won or task
+                else:
+                    errors.append(f"{_format_addr(task.addr)}: {_reason(task.exception())}")  # type: ignore[attr-defined]
+    finally:
+        for task in tasks:
+            if task is won:
+                continue
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled() and task.exception() is None:
+                task.result().close()  # a second connection that made it too: not needed
+    if won is None:
+        raise OSError("no address answered: " + "; ".join(errors))
+    return won.result()
+
+
+def _format_addr(addr: tuple) -> str:
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+
+
+def _reason(exc: BaseException) -> str:
+    """An OSError as its errno's meaning (the loop's own wording, "Connect call failed", hides it)."""
+    if isinstance(exc, OSError) and exc.errno and str(exc.strerror).startswith("Connect call failed"):
+        return f"[Errno {exc.errno}] {os.strerror(exc.errno)}"
+    return str(exc)
 
 
 class _Watchdog:
