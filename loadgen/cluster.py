@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from loadgen import localray
 from loadgen.clock import OFFSET_NS
 from loadgen.collector import OutputSpec, start_collector
 from loadgen.config import ClusterConfig, TargetConfig
+from loadgen.localray import LOOPBACK_ENV, LocalRay
 from loadgen.worker import TargetSpec, Worker
 
-# A single-machine Ray binds to 127.0.0.1 only when this is set before it starts.
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 #: Ray's marker resource of the head node.
 HEAD_RESOURCE = "node:__internal_head__"
 #: Ray's built-in node label that pins a placement-group bundle to one node.
@@ -46,8 +46,18 @@ class DriverClock:
         return time.monotonic_ns() + self._base
 
 
+#: The private Ray this process started for ``cluster=local``, if any.
+_local: Optional[LocalRay] = None
+
+
 def connect(cfg: ClusterConfig) -> bool:
-    """Start a private local Ray or join ``cfg.address``; True when this call started Ray."""
+    """Start a private local Ray or join ``cfg.address``; True when this call started Ray.
+
+    ``local`` always starts a private instance (loadgen/localray.py: 127.0.0.1 only, trimmed, ended with the
+    driver), even when another Ray runs on this machine. ``ray`` joins a running cluster and ships this
+    loadgen package to it.
+    """
+    global _local
     if cfg.kind == "local":
         if "ray" in sys.modules and not sys.modules["ray"].is_initialized():
             # Ray reads this when it is imported; too late now means it may bind to every interface.
@@ -63,17 +73,7 @@ def connect(cfg: ClusterConfig) -> bool:
     if ray.is_initialized():
         return False
     if cfg.kind == "local":
-        ray.init(
-            # "local" always starts a private instance, even when another Ray runs on this machine.
-            address="local",
-            num_cpus=cfg.num_cpus or os.cpu_count() or 1,
-            include_dashboard=False,
-            log_to_driver=True,
-            configure_logging=True,
-            logging_level="warning",
-            _node_ip_address="127.0.0.1",
-            runtime_env={"env_vars": dict(LOOPBACK_ENV)},
-        )
+        _local = localray.start(cfg.num_cpus or os.cpu_count() or 1)
         return True
     ray.init(address=cfg.address, logging_level="warning", runtime_env=runtime_env(cfg))
     return True
@@ -90,10 +90,14 @@ def runtime_env(cfg: ClusterConfig) -> Optional[dict[str, Any]]:
 
 
 def shutdown(started: bool) -> None:
-    """Stop Ray if this run started it."""
+    """Stop Ray if this run started it: a private local Ray is stopped whole, every process of it."""
+    global _local
     import ray
 
-    if started and ray.is_initialized():
+    if started and _local is not None:
+        local, _local = _local, None
+        local.stop()
+    elif started and ray.is_initialized():
         ray.shutdown()
 
 
