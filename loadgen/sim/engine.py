@@ -99,6 +99,8 @@ def check_profile(profile: SimProfile) -> SimProfile:
     for key in ("step_per_seq_ms", "step_per_prefill_token_ms"):
         if not getattr(profile, key) >= 0:
             fail(key, "a non-negative number of milliseconds")
+    if profile.reasoning_tokens < 0:
+        fail("reasoning_tokens", "a non-negative number of tokens (0: no reasoning deltas)")
     if profile.max_num_batched_tokens < profile.max_num_seqs:
         fail(
             "max_num_batched_tokens",

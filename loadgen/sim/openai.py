@@ -28,14 +28,19 @@ _CHAT_EVENT = (
     b'data: {"id":%s,"object":"chat.completion.chunk","created":%d,"model":%s,"choices":[{"index":0,'
     b'"delta":{"content":"%s"},"logprobs":null,"finish_reason":%s}]}\n\n'
 )
+_REASONING_EVENT = (
+    b'data: {"id":%s,"object":"chat.completion.chunk","created":%d,"model":%s,"choices":[{"index":0,'
+    b'"delta":{"reasoning_content":"%s"},"logprobs":null,"finish_reason":null}]}\n\n'
+)
 _ROLE_EVENT = (
     b'data: {"id":%s,"object":"chat.completion.chunk","created":%d,"model":%s,"choices":[{"index":0,'
     b'"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n'
 )
 _USAGE_EVENT = (
     b'data: {"id":%s,"object":"%s","created":%d,"model":%s,"choices":[],"usage":{"prompt_tokens":%d,'
-    b'"total_tokens":%d,"completion_tokens":%d,"prompt_tokens_details":{"cached_tokens":%d}}}\n\n'
+    b'"total_tokens":%d,"completion_tokens":%d,"prompt_tokens_details":{"cached_tokens":%d}%s}}\n\n'
 )
+_REASONING_USAGE = b',"completion_tokens_details":{"reasoning_tokens":%d}'
 _GARBAGE_EVENT = b'data: {"id":%s,"object":"text_completion","choices":[{"text": "\xff\n\n'
 
 
@@ -167,9 +172,11 @@ def parse_request(api: str, raw: bytes, model: str) -> GenRequest:
 class Encoder:
     """The bytes of one response: SSE events (optionally HTTP/1.1 chunk-framed) and the JSON body."""
 
-    __slots__ = ("api", "response_id", "_id", "_model", "_created", "_framed", "_event", "chunk", "k")
+    __slots__ = ("api", "response_id", "_id", "_model", "_created", "_framed", "_event", "chunk", "k", "reasoning")
 
-    def __init__(self, api: str, response_id: str, model_json: bytes, created: int, k: int, framed: bool) -> None:
+    def __init__(
+        self, api: str, response_id: str, model_json: bytes, created: int, k: int, framed: bool, reasoning: int = 0
+    ) -> None:
         self.api = api
         self.response_id = response_id
         self._id = json.dumps(response_id).encode()
@@ -178,6 +185,7 @@ class Encoder:
         self._framed = framed
         self._event = _CHAT_EVENT if api == "chat" else _COMPLETION_EVENT
         self.k = k
+        self.reasoning = reasoning if api == "chat" else 0  # tokens of thinking before the answer (chat only)
         self.chunk = self.tokens(k)  # the common case, encoded once
 
     def frame(self, data: bytes) -> bytes:
@@ -191,6 +199,14 @@ class Encoder:
     def tokens(self, n: int) -> bytes:
         """An event carrying ``n`` tokens."""
         return self.frame(self._event_data(n, None))
+
+    def thinking(self, n: int) -> bytes:
+        """An event carrying ``n`` reasoning tokens as ``delta.reasoning_content``, as vLLM's reasoning parsers send them."""
+        return self.frame(_REASONING_EVENT % (self._id, self._created, self._model, (TOKEN_TEXT * n).encode()))
+
+    def thought(self, written: int, n: int, total: int) -> int:
+        """How many of the ``n`` tokens after the first ``written`` of ``total`` are reasoning (the last one never is)."""
+        return max(0, min(n, min(self.reasoning, total - 1) - written))
 
     def role(self) -> bytes:
         """The chat stream's opening event: the assistant role and no text, as vLLM sends it."""
@@ -206,7 +222,8 @@ class Encoder:
             prompt, completion, cached = usage
             kind = b"chat.completion.chunk" if self.api == "chat" else b"text_completion"
             total = prompt + completion
-            data += _USAGE_EVENT % (self._id, kind, self._created, self._model, prompt, total, completion, cached)
+            details = _REASONING_USAGE % self.thought(0, completion, completion) if self.reasoning else b""
+            data += _USAGE_EVENT % (self._id, kind, self._created, self._model, prompt, total, completion, cached, details)
         return self.frame(data + DONE)
 
     def garbage(self) -> bytes:
@@ -216,21 +233,28 @@ class Encoder:
     def body(self, model: str, n: int, finish: str, prompt: int, cached: int) -> dict[str, Any]:
         """The non-streaming response."""
         text = TOKEN_TEXT * n
+        thought = self.thought(0, n, n)
         if self.api == "chat":
-            obj, choice = "chat.completion", {"index": 0, "message": {"role": "assistant", "content": text}}
+            message = {"role": "assistant", "content": TOKEN_TEXT * (n - thought)}
+            if thought:
+                message["reasoning_content"] = TOKEN_TEXT * thought
+            obj, choice = "chat.completion", {"index": 0, "message": message}
         else:
             obj, choice = "text_completion", {"index": 0, "text": text, "stop_reason": None}
         choice.update(logprobs=None, finish_reason=finish)
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt,
+            "total_tokens": prompt + n,
+            "completion_tokens": n,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        }
+        if thought:
+            usage["completion_tokens_details"] = {"reasoning_tokens": thought}
         return {
             "id": self.response_id,
             "object": obj,
             "created": self._created,
             "model": model,
             "choices": [choice],
-            "usage": {
-                "prompt_tokens": prompt,
-                "total_tokens": prompt + n,
-                "completion_tokens": n,
-                "prompt_tokens_details": {"cached_tokens": cached},
-            },
+            "usage": usage,
         }

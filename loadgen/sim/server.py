@@ -168,14 +168,18 @@ class _Stream(_Response):
     def emit(self, n: int, last: bool) -> bool:
         """Write ``n`` tokens; False when an injected fault ended the stream."""
         enc = self.encoder
+        thought = enc.thought(self.written, n, self.seq.output_tokens) if enc.reasoning else 0
+        answer = n - thought
         if last:
             finish = "length" if self.seq.output_tokens >= self.req.max_tokens else "stop"
             usage = (
                 (self.req.prompt_tokens, self.written + n, self.seq.cached_tokens) if self.req.include_usage else None
             )
-            data = enc.final(n, finish, usage)
-        else:
+            data = (enc.thinking(thought) if thought else b"") + enc.final(answer, finish, usage)
+        elif not thought:
             data = enc.chunk if n == enc.k else enc.tokens(n)
+        else:  # thinking (a reasoning model): the thought tokens, then any answer tokens of the same step
+            data = enc.thinking(thought) + (enc.tokens(answer) if answer else b"")
         self.transport.write(data)
         if self.token_ns is not None:
             self.token_ns.append(now_ns())
@@ -379,7 +383,10 @@ class SimServer:
         seq = Seq(req.prompt_tokens, output_tokens, max_tokens=req.max_tokens, block_hashes=hashes)
         framed = request.version >= HttpVersion11
         response_id = ("chatcmpl-" if api == "chat" else "cmpl-") + request_id
-        encoder = Encoder(api, response_id, self._model_json, int(time.time()), self.profile.tokens_per_chunk, framed)
+        encoder = Encoder(
+            api, response_id, self._model_json, int(time.time()), self.profile.tokens_per_chunk, framed,
+            reasoning=self.profile.reasoning_tokens,
+        )
         args = (request_id, encoder, req, plan, seq, self.truth is not None)
         response = _Stream(*args) if req.stream else _Response(*args)
         seq.sink = response
