@@ -68,6 +68,14 @@ def app(node: DictConfig) -> Any:
     except (ConfigError, TargetError, WorkloadError, SimStartError) as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(2)
+    except Exception as exc:
+        from loadgen.cluster import user_error
+
+        message = user_error(exc)  # a worker's limit error arrives wrapped in Ray's traceback: show it alone
+        if message is None:
+            raise
+        console.print(f"[red]error:[/] {message}", highlight=False)
+        sys.exit(2)
     console.print(f"run directory: {run_dir}  ({meta['status']})")
     if meta["levels"]:
         _report(run_dir, console, cfg.analysis.plots)

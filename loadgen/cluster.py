@@ -101,6 +101,38 @@ def shutdown(started: bool) -> None:
         ray.shutdown()
 
 
+# --------------------------------------------------------------------------- errors
+
+
+def remote_cause(exc: BaseException) -> BaseException:
+    """The exception a worker actor raised, out of Ray's ``RayTaskError`` wrappers; ``exc`` when none wraps it.
+
+    Ray re-raises a worker's exception in the driver as a RayTaskError whose text
+    holds the remote traceback; ``cause`` is the worker's own exception.
+    """
+    ray_exceptions = getattr(sys.modules.get("ray"), "exceptions", None)  # never import Ray just for this
+    if ray_exceptions is None:
+        return exc
+    seen: set[int] = set()
+    while isinstance(exc, ray_exceptions.RayTaskError) and exc.cause is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.cause
+    return exc
+
+
+def user_error(exc: BaseException) -> Optional[str]:
+    """The message to show alone when ``exc`` (or what a worker raised under it) is an OS limit or a cluster problem
+    the user fixes; None for anything else (a bug: its traceback stays) and whenever HYDRA_FULL_ERROR=1."""
+    from loadgen.worker import ClientLimitError
+
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the user asked for every traceback
+        return None
+    cause = remote_cause(exc)
+    if isinstance(cause, (ClientLimitError, ClusterError)):
+        return str(cause).strip() or type(cause).__name__
+    return None
+
+
 # --------------------------------------------------------------------------- placement
 
 
