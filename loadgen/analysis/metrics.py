@@ -162,6 +162,7 @@ class RequestTimes:
     output_tokens: np.ndarray
     ok: np.ndarray
     worker_id: np.ndarray
+    first_answer: Optional[np.ndarray] = None  # first_answer_ns (records from before it existed: None)
 
     @classmethod
     def from_table(cls, table: pa.Table) -> RequestTimes:
@@ -177,6 +178,7 @@ class RequestTimes:
             output_tokens=pc.fill_null(table.column("output_tokens"), -1).to_numpy().astype(np.int64),
             ok=pc.fill_null(pc.equal(table.column("status"), "ok"), False).to_numpy(),
             worker_id=pc.fill_null(table.column("worker_id"), -1).to_numpy(),
+            first_answer=_times(table, "first_answer_ns") if "first_answer_ns" in table.column_names else None,
         )
 
     def __len__(self) -> int:
@@ -189,6 +191,12 @@ class RequestTimes:
     def ttft(self) -> tuple[np.ndarray, np.ndarray]:
         """TTFT = first_token_ns − sent_ns (values, defined-mask)."""
         return self._span(self.sent, self.first_token)
+
+    def ttft_answer(self) -> tuple[np.ndarray, np.ndarray]:
+        """Time to first answer token = first_answer_ns − sent_ns: TTFT without a reasoning model's thinking."""
+        if self.first_answer is None:
+            return np.zeros(len(self), dtype=np.int64), np.zeros(len(self), dtype=bool)
+        return self._span(self.sent, self.first_answer)
 
     def queued_ttft(self) -> tuple[np.ndarray, np.ndarray]:
         """Queued TTFT = first_token_ns − scheduled_ns: what a user waiting since the intended send saw."""
@@ -341,6 +349,7 @@ class LevelMetrics:
     output_tok_s: float = 0.0  # output tokens arriving in the window / window_s
     streamed: bool = False  # whether any request streamed content chunks
     ttft: Dist = field(default_factory=Dist)
+    ttft_answer: Dist = field(default_factory=Dist)  # time to the first answer token (equals ttft unless the model reasons)
     queued_ttft: Dist = field(default_factory=Dist)
     itl: Dist = field(default_factory=Dist)
     tpot: Dist = field(default_factory=Dist)
@@ -403,6 +412,7 @@ def level_metrics(
         output_tok_s=tokens / seconds,
         streamed=streamed,
         ttft=ttft.dist_ms(),
+        ttft_answer=Dist.of(dist(times.ttft_answer())),
         queued_ttft=Dist.of(dist(times.queued_ttft())),
         itl=itl.dist_ms(),
         tpot=tpot.dist_ms(),
