@@ -285,7 +285,7 @@ def validate(cfg: LoadgenConfig) -> LoadgenConfig:
         _require(
             bool(t.url) and str(t.url).startswith(("http://", "https://")),
             "target.url",
-            "an http(s) URL such as http://127.0.0.1:8000/v1 when target.kind=openai",
+            "an http(s) URL such as http://127.0.0.1:8000/v1 when target.kind=openai (or OPENAI_BASE_URL set)",
             t.url,
         )
     for i, u in enumerate(t.urls):
