@@ -318,5 +318,5 @@ def test_a_server_that_does_not_speak_http_is_counted() -> None:
     scraper.stop()
     server.join(5)
     assert not scraper_threads()
-    assert scraper.failures["BadStatusLine: SSH-2.0-not-http\r\n"] == 3 and scraper.table().num_rows == 0
+    assert scraper.failures["invalid HTTP response: Expected HTTP/, RTSP/ or ICE/"] == 3 and scraper.table().num_rows == 0
     assert len(problems) == len(scraper.failures)

@@ -46,7 +46,11 @@ class HTTPError(Exception):
 
 
 class ConnectError(HTTPError):
-    """The TCP (or TLS) connection could not be made."""
+    """The TCP (or TLS) connection could not be made; ``cause`` is the OSError of one failed address, if any."""
+
+    def __init__(self, message: str, cause: Optional[OSError] = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class ConnectTimeout(HTTPError):
@@ -466,7 +470,8 @@ class ConnectionPool:
         except ssl.SSLError as exc:
             raise ConnectError(f"{self.host}:{self.port}: TLS: {exc}") from None
         except OSError as exc:
-            raise ConnectError(f"{where}: {_reason(exc)}") from None
+            cause = OSError(exc.errno, os.strerror(exc.errno)) if exc.errno and exc.errno > 0 else None  # ConnectionRefusedError …
+            raise ConnectError(f"{where}: {_reason(exc)}", cause) from None
         self._all.add(conn)
         return conn
 
