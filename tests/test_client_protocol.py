@@ -9,10 +9,10 @@ import json
 import time
 
 import pytest
+from test_client_http import RawServer, chunked
 
 from loadgen.client.http import ConnectionPool, Timeouts
 from loadgen.client.stream import execute
-from test_client_http import RawServer, chunked
 
 HEAD_SSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -279,3 +279,16 @@ def test_responses_api_json_body():
 
     rec = request(respond, api="responses", stream=False)
     assert rec["status"] == "ok" and (rec["output_tokens"], rec["prompt_tokens"], rec["reasoning_tokens"]) == (8, 3, 5)
+
+
+def test_responses_api_request_body():
+    from loadgen.client.openai import request_body, url_for
+    from loadgen.config import TargetConfig
+
+    t = TargetConfig(engine="vllm", api="responses")
+    body = json.loads(request_body(t, "m", prompt="hi", messages=None, output_tokens=9))
+    assert body["input"] == "hi" and body["max_output_tokens"] == 9 and body["stream"] is True
+    assert "max_tokens" not in body and "stream_options" not in body and body["ignore_eos"] is True
+    chat = [{"role": "user", "content": "x"}]
+    assert json.loads(request_body(t, "m", prompt=None, messages=chat, output_tokens=1))["input"] == chat
+    assert url_for("http://h/v1", "responses") == "http://h/v1/responses"

@@ -22,7 +22,7 @@ EXACT_LENGTH_FIELDS: dict[str, dict[str, Any]] = {
     "generic": {"ignore_eos": True},
 }
 
-PATHS = {"completions": "/completions", "chat": "/chat/completions"}
+PATHS = {"completions": "/completions", "chat": "/chat/completions", "responses": "/responses"}
 
 
 def request_body(
@@ -37,9 +37,13 @@ def request_body(
     body: dict[str, Any] = {"model": model, "max_tokens": int(output_tokens), "stream": target.stream}
     if target.api == "chat":
         body["messages"] = messages if messages else [{"role": "user", "content": prompt or ""}]
+    elif target.api == "responses":  # the Responses API: input and max_output_tokens; usage always comes at the end
+        del body["max_tokens"]
+        body["input"] = messages if messages else (prompt or "")
+        body["max_output_tokens"] = int(output_tokens)
     else:
         body["prompt"] = prompt if prompt is not None else _flatten(messages or [])
-    if target.stream:
+    if target.stream and target.api != "responses":
         body["stream_options"] = {"include_usage": True}
     if target.ignore_eos:
         for key, value in EXACT_LENGTH_FIELDS.get(target.engine, EXACT_LENGTH_FIELDS["generic"]).items():
