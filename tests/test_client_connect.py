@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from loopback import serve_app
+from test_client_http import RawServer, sse_ok
 
 from loadgen.client.endpoint import open_pool
 from loadgen.client.http import ConnectionPool, Timeouts
@@ -22,8 +24,6 @@ from loadgen.client.proxy import Proxy, proxy_for
 from loadgen.client.stream import execute
 from loadgen.config import ConfigError, LoadgenConfig, TargetConfig, TLSConfig, api_key, validate
 from loadgen.target import TargetError, check
-from loopback import serve_app
-from test_client_http import RawServer, sse_ok
 
 HOST = "model.test"  # resolvable by the test proxy only
 
@@ -316,8 +316,10 @@ def test_http_through_a_proxy_uses_the_absolute_form():
 
 
 def test_a_refusing_proxy_is_named():
+    asked = []
+
     async def refuse(reader, writer):
-        await reader.readuntil(b"\r\n\r\n")
+        asked.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n", 1)[0])
         writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
         await writer.drain()
         writer.close()
@@ -334,6 +336,7 @@ def test_a_refusing_proxy_is_named():
 
     rec = asyncio.run(go())
     assert rec["status"] == "connection_error" and "407 Proxy Authentication Required" in rec["error"]
+    assert asked == [f"CONNECT {HOST}:443 HTTP/1.1".encode()]  # the default port is named too
 
 
 def test_which_proxy_a_url_takes(monkeypatch):

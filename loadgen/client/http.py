@@ -483,7 +483,8 @@ class ConnectionPool:
         sock = await _race(addrs[start:] + addrs[:start])
         try:
             if self.proxy is not None and self.ssl is not None:
-                await self.proxy.tunnel(sock, self.authority)
+                host = f"[{self.host}]" if ":" in self.host else self.host
+                await self.proxy.tunnel(sock, f"{host}:{self.port}")  # CONNECT names the port, default or not
             tls = None
             if self.ssl is not None:
                 tls = _TLS(self.ssl, self.server_name)
@@ -581,16 +582,14 @@ async def _race(addrs: list[tuple[int, tuple]]) -> socket.socket:
     if len(addrs) == 1:
         return await _open_socket(*addrs[0])
     waiting = list(addrs)
-    tasks: list[asyncio.Task] = []
+    tasks: dict[asyncio.Task, tuple] = {}  # attempt -> the address it dials
     errors: list[str] = []
     won: Optional[asyncio.Task] = None
     try:
         while won is None:
             if waiting:
                 family, addr = waiting.pop(0)
-                task = asyncio.ensure_future(_open_socket(family, addr))
-                task.addr = addr  # type: ignore[attr-defined]
-                tasks.append(task)
+                tasks[asyncio.ensure_future(_open_socket(family, addr))] = addr
             running = [t for t in tasks if not t.done()]
             if not running:
                 break
@@ -601,7 +600,7 @@ async def _race(addrs: list[tuple[int, tuple]]) -> socket.socket:
                 if task.exception() is None:
                     won = won or task
                 else:
-                    errors.append(f"{_format_addr(task.addr)}: {_reason(task.exception())}")  # type: ignore[attr-defined]
+                    errors.append(f"{_format_addr(tasks[task])}: {_reason(task.exception())}")
     finally:
         for task in tasks:
             if task is won:
