@@ -6,11 +6,10 @@ docs/run-directory.md) and, on the terminal, the saturation table and verdicts.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -34,21 +33,6 @@ def redact_hydra_dir(run_dir: str) -> None:
         clean = _SECRET_LINE.sub(lambda m: m.group(1) + REDACTED, text)
         if clean != text:
             path.write_text(clean)
-
-
-def _report(run_dir: str, console: Console, plots: bool) -> Optional[dict[str, Any]]:
-    """Aggregate the run and show/write the results."""
-    from loadgen.analysis import analyze_run, write_summary
-    from loadgen.report import render_terminal, write_html, write_plots
-
-    summary = analyze_run(run_dir)
-    write_summary(run_dir, summary)
-    render_terminal(summary, console)
-    if plots:
-        written = write_plots(summary, run_dir)
-        html = write_html(summary, run_dir)
-        console.print(f"plots: {', '.join(os.path.basename(p) for p in written)}; report: {html}")
-    return summary
 
 
 @hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")
@@ -76,9 +60,11 @@ def app(node: DictConfig) -> Any:
             raise
         console.print(f"[red]error:[/] {message}", highlight=False)
         sys.exit(2)
-    console.print(f"run directory: {run_dir}  ({meta['status']})")
-    if meta["levels"]:
-        _report(run_dir, console, cfg.analysis.plots)
+    console.print(f"run directory: {run_dir}  ({meta.status.value})")
+    if meta.levels:
+        from loadgen.report import report_run
+
+        report_run(run_dir, console=console, plots=cfg.analysis.plots)
     return None
 
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from loadgen import localray
-from loadgen.clock import OFFSET_NS
+from loadgen.clock import now_ns
 from loadgen.collector import OutputSpec, start_collector
 from loadgen.config import ClusterConfig, TargetConfig
 from loadgen.localray import LOOPBACK_ENV, LocalRay
@@ -33,17 +32,6 @@ NODE_ID_LABEL = "ray.io/node-id"
 
 class ClusterError(RuntimeError):
     """The cluster cannot host the workers asked for; the message says what is missing."""
-
-
-class DriverClock:
-    """The driver's run clock: epoch-based, advancing with the monotonic clock."""
-
-    def __init__(self) -> None:
-        self._base = OFFSET_NS
-
-    def now(self) -> int:
-        """Now on the run clock (ns)."""
-        return time.monotonic_ns() + self._base
 
 
 #: The private Ray this process started for ``cluster=local``, if any.
@@ -423,7 +411,7 @@ def _wait(ref: Any, timeout: float) -> bool:
 # --------------------------------------------------------------------------- clocks
 
 
-def measure_clock(actor: Any, clock: DriverClock, samples: int) -> tuple[int, int]:
+def measure_clock(actor: Any, samples: int, now: Callable[[], int] = now_ns) -> tuple[int, int]:
     """One worker's clock offset and the RTT of the sample it came from (the smallest of ``samples``).
 
     The worker read its clock somewhere inside the round trip, so the offset is
@@ -433,9 +421,9 @@ def measure_clock(actor: Any, clock: DriverClock, samples: int) -> tuple[int, in
 
     best: Optional[tuple[int, int]] = None
     for _ in range(max(1, samples)):
-        t0 = clock.now()
+        t0 = now()
         tw = ray.get(actor.clock_ns.remote())
-        t1 = clock.now()
+        t1 = now()
         rtt = t1 - t0
         if best is None or rtt < best[0]:
             best = (rtt, tw - (t0 + t1) // 2)
@@ -443,7 +431,7 @@ def measure_clock(actor: Any, clock: DriverClock, samples: int) -> tuple[int, in
     return best[1], best[0]
 
 
-def sync_clocks(pool: WorkerPool, clock: DriverClock, samples: int) -> list[dict[str, Any]]:
+def sync_clocks(pool: WorkerPool, samples: int, now: Callable[[], int] = now_ns) -> list[dict[str, Any]]:
     """Measure and apply every worker's clock offset; return the workers' run.json entries.
 
     Each entry holds the latest ``clock_offset_ns``/``clock_rtt_ns`` and every
@@ -457,13 +445,13 @@ def sync_clocks(pool: WorkerPool, clock: DriverClock, samples: int) -> list[dict
         if not info.get("alive", True):
             continue
         try:
-            offset, rtt = measure_clock(actor, clock, samples)
+            offset, rtt = measure_clock(actor, samples, now)
         except ray.exceptions.RayActorError:
             continue  # a dead worker is accounted for by the level that lost it
         applied.append(actor.set_clock_offset.remote(offset, rtt // 2))
         info["clock_offset_ns"] = int(offset)
         info["clock_rtt_ns"] = int(rtt)
-        info.setdefault("clock_samples", []).append({"t_ns": clock.now(), "offset_ns": int(offset), "rtt_ns": int(rtt)})
+        info.setdefault("clock_samples", []).append({"t_ns": now(), "offset_ns": int(offset), "rtt_ns": int(rtt)})
         info.setdefault("alive", True)
     ray.get(applied)
     return pool.info

@@ -26,7 +26,8 @@ from typing import Any, Optional, Protocol, Union
 
 import pyarrow as pa
 
-from loadgen.records import PartWriter, part_dir
+from loadgen.rundir.layout import part_dir, records_root, telemetry_dir
+from loadgen.rundir.parts import PartWriter
 
 Table = Union[pa.Table, pa.RecordBatch]
 
@@ -51,16 +52,6 @@ class Sink(Protocol):
 
     def drain(self) -> None:
         """Block until every part handed over so far is stored."""
-
-
-def records_root(run_uri: str, records_uri: Optional[str]) -> str:
-    """The root of the records dataset: ``records_uri`` when set, else ``run_uri/records``."""
-    return (records_uri or f"{run_uri.rstrip('/')}/records").rstrip("/")
-
-
-def telemetry_dir(run_uri: str, worker_id: int) -> str:
-    """Where one worker's telemetry parts live."""
-    return f"{run_uri.rstrip('/')}/telemetry/worker={worker_id}"
 
 
 class _LockedWriter:
@@ -146,7 +137,7 @@ class CollectorSink:
         """Records go to ``records_uri`` directly when it is set, else through the collector."""
         if self._direct is not None:
             return self._direct.records(level, worker_id)
-        return self._target(part_dir(records_root(self.run_uri, None), level, worker_id))
+        return self._target(part_dir(records_root(self.run_uri), level, worker_id))
 
     def telemetry(self, worker_id: int) -> PartTarget:
         """Telemetry always goes through the collector into the run directory."""

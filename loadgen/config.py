@@ -140,7 +140,6 @@ class WorkloadConfig:
     on_error: str = "raise"  # raise | skip: what a malformed trace row does
     zero_output: str = "drop"  # trace rows with 0 output tokens (BurstGPT failures): drop | keep (sent with 1 output token)
     tokenizer: Optional[str] = None  # path to a tokenizer.json for exact prompt token counts
-    think_time_s: float = 0.0  # sessions: pause between a turn's answer and the next turn
     max_turns: Optional[int] = None  # sessions: keep at most this many turns per conversation
     columns: dict[str, str] = field(default_factory=dict)  # generic: request-table column -> file column
     timestamp_unit: str = "s"  # generic: unit of the arrival column (s | ms | us | ns)
@@ -166,7 +165,7 @@ class LoadConfig:
     shape: str = "steady"  # open loop: steady | step (rate step_from -> level at step_at_s) | burst (level = requests sent inside one second at step_at_s, after idling)
     step_at_s: float = 5.0  # step/burst: when, in seconds after the level starts, the step or burst happens
     step_from: float = 0.0  # step: the rate (req/s) before the step; 0 = idle
-    think_time_s: float = 0.0  # closed loop: pause between a stream's response and its next request
+    think_time_s: float = 0.0  # pause between an answer and the same user's next request: a closed-loop stream's next request, a session's next turn
     seed: int = 0  # seed of the arrival draws
     # search (adaptive sweep)
     search_start: float = 1.0  # first rate tried by load=search

@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from loadgen.analysis.health import ClientBoundRule
+
 
 class LevelProgress:
     """Shows one level's progress while it runs; a context manager."""
@@ -59,15 +61,17 @@ class LevelProgress:
             self._last_plain = time.monotonic()
             self.console.print(line, highlight=False)
 
-    def warn_client_bound(self, counters: list[dict[str, Any]], threshold_ms: float) -> None:
-        """Say, once per worker and level, that loadgen itself is falling behind."""
-        for c in counters:
-            wid = c["worker_id"]
-            if c["loop_lag_max_ms"] > threshold_ms and wid not in self._warned:
-                self._warned.add(wid)
-                self.console.print(
-                    f"[yellow]warning:[/] worker {wid}'s event loop stalled {c['loop_lag_max_ms']:.1f} ms "
-                    f"(> {threshold_ms:g} ms). If that keeps happening (p99 over the level), the report flags the "
-                    f"level client-bound: loadgen, not the server, may be the bottleneck and requests leave late. "
-                    f"Add workers (cluster.workers=N) or lower the load."
-                )
+    def warn_client_bound(self, counters: list[dict[str, Any]], rule: ClientBoundRule, open_loop: bool) -> None:
+        """Say, once per worker and level, that ``rule`` flags the worker on the level's samples so far."""
+        bound = rule.judge(
+            {c["worker_id"]: c["loop_lag_ms_p99"] for c in counters},
+            {c["worker_id"]: c["schedule_lag_ms_p99"] for c in counters if c["sent"]} if open_loop else None,
+        )
+        for wid, why in bound.items():
+            if wid in self._warned:
+                continue
+            self._warned.add(wid)
+            self.console.print(
+                f"[yellow]warning:[/] {why} so far in this level: loadgen, not the server, may be the "
+                f"bottleneck and requests leave late. Add workers (cluster.workers=N) or lower the load."
+            )

@@ -11,28 +11,39 @@ cleanly on Ctrl-C/SIGTERM, shut down.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import platform
 import signal
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from rich.console import Console
 
 import loadgen
 from loadgen import cluster as clusters
+from loadgen.analysis import ClientBoundRule
+from loadgen.clock import now_ns
 from loadgen.config import LoadgenConfig, api_key, redact
 from loadgen.progress import LevelProgress
-from loadgen.records import STATUSES
-from loadgen.scrape import MetricsScraper, scraper_for
+from loadgen.rundir import (
+    Ledger,
+    LevelEntry,
+    LoadMode,
+    RunMeta,
+    RunStatus,
+    records_root,
+)
+from loadgen.rundir.layout import SIM_GROUND_TRUTH, run_file
+from loadgen.rundir.meta import empty_errors
+from loadgen.rundir.read import worker_statuses
 from loadgen.schedule import LevelPlan, LevelSpec, RequestCursor, level_specs, plan_level
+from loadgen.scrape import MetricsScraper, scraper_for
 from loadgen.target import ResolvedTarget, resolve
-from loadgen.worker import LevelRun, TargetSpec
+from loadgen.worker import LevelReport, LevelRun, TargetSpec
 from loadgen.workload import load as load_workload
 
 #: Seconds between the driver's start signal and the common start time of a level.
@@ -44,19 +55,15 @@ POLL_S = 0.25
 
 @dataclass
 class RunState:
-    """What the driver knows about a run; serialised to run.json after every level."""
+    """What the driver knows about a run; saved to run.json after every level."""
 
     run_dir: str
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: RunMeta
     scraper: Optional[MetricsScraper] = None  # the target's Prometheus metrics, sampled during levels
 
     def save(self) -> None:
         """Write run.json atomically."""
-        path = os.path.join(self.run_dir, "run.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.meta, f, indent=2, default=str)
-        os.replace(tmp, path)
+        self.meta.save(self.run_dir)
 
 
 def _versions() -> dict[str, str]:
@@ -80,7 +87,7 @@ class _StopSignal:
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self._old: dict[int, Any] = {}
+        self._old: dict[int, object] = {}
 
     def __enter__(self) -> "_StopSignal":
         if threading.current_thread() is threading.main_thread():
@@ -88,47 +95,37 @@ class _StopSignal:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
-    def _handle(self, signum: int, frame: Any) -> None:
+    def _handle(self, signum: int, frame: object) -> None:
         if self.event.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.event.set()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
 
 
-def run(cfg: LoadgenConfig, run_dir: str, *, console: Optional[Console] = None, clock_skew_ns: Optional[dict[int, int]] = None) -> dict[str, Any]:
+def run(cfg: LoadgenConfig, run_dir: str, *, console: Optional[Console] = None, clock_skew_ns: Optional[dict[int, int]] = None) -> RunMeta:
     """Run every level of ``cfg`` into ``run_dir``; return the run metadata (run.json)."""
     console = console or Console(stderr=False)
     os.makedirs(run_dir, exist_ok=True)
     run_id = cfg.run_id or os.path.basename(os.path.abspath(run_dir))
-    state = RunState(
-        run_dir,
-        {
-            "run_id": run_id,
-            "status": "running",
-            "started_at": _now_iso(),
-            "finished_at": None,
-            "versions": _versions(),
-            "config": redact(cfg),
-            "levels": [],
-        },
-    )
+    meta = RunMeta(run_id=run_id, started_at=_now_iso(), versions=_versions(), config=redact(cfg))
+    state = RunState(run_dir, meta)
     state.save()
 
     workload = load_workload(cfg.workload)
-    state.meta["workload"] = workload.summary()
+    meta.workload = workload.summary()
     console.print(
         f"workload: {workload.kind} ({workload.table.num_rows} requests"
         + (f", {sum(workload.skipped.values())} rows skipped" if workload.skipped else "")
         + ")"
     )
 
-    ground_truth = os.path.join(run_dir, "sim_ground_truth.parquet") if cfg.target.sim_ground_truth else None
+    ground_truth = run_file(run_dir, SIM_GROUND_TRUTH) if cfg.target.sim_ground_truth else None
     target = resolve(clusters.primary_target(cfg.target), ground_truth=ground_truth)
     fleet = clusters.probe_fleet(cfg.target, target.model) if cfg.target.urls else None
-    state.meta["target"] = {**target.summary(), **({"urls": fleet} if fleet else {})}
+    meta.target = {**target.summary(), **({"urls": fleet} if fleet else {})}
     console.print(f"target: {target.base_url} (model {target.model}, {target.kind})")
     started_ray = False
     pool = None
@@ -143,34 +140,34 @@ def run(cfg: LoadgenConfig, run_dir: str, *, console: Optional[Console] = None, 
         pool = clusters.start_workers(
             cfg.cluster, run_id, spec, os.path.abspath(run_dir), clock_skew_ns=clock_skew_ns, urls=fleet
         )
-        clock = clusters.DriverClock()
-        state.meta["workers"] = clusters.sync_clocks(pool, clock, cfg.cluster.clock_sync_samples)
-        state.meta["nodes"] = _nodes()
+        meta.workers = clusters.sync_clocks(pool, cfg.cluster.clock_sync_samples)
+        meta.nodes = _nodes()
         state.save()
-        console.print(f"workers: {len(pool)} on {len(state.meta['nodes'])} node(s)")
+        console.print(f"workers: {len(pool)} on {len(meta.nodes)} node(s)")
         with _StopSignal() as stop:
-            _run_levels(cfg, workload, pool, clock, state, console, stop.event, target)
-        state.meta["status"] = "interrupted" if stop.event.is_set() else "complete"
+            _run_levels(cfg, workload, pool, state, console, stop.event, target)
+        meta.status = RunStatus.INTERRUPTED if stop.event.is_set() else RunStatus.COMPLETE
     except KeyboardInterrupt:
-        state.meta["status"] = "interrupted"
-    except BaseException:
-        state.meta["status"] = "failed"
+        meta.status = RunStatus.INTERRUPTED
+    except BaseException as exc:
+        meta.status = RunStatus.FAILED
+        meta.reason = _reason(exc)
         raise
     finally:
         if state.scraper is not None:
             state.scraper.stop()
             state.scraper.write(run_dir)
-            state.meta["server_metrics"] = state.scraper.summary()
-        state.meta["finished_at"] = _now_iso()
+            meta.server_metrics = state.scraper.summary()
+        meta.finished_at = _now_iso()
         state.save()
         if pool is not None:
             pool.close()
         clusters.shutdown(started_ray)
         target.close()
-    return state.meta
+    return meta
 
 
-def _nodes() -> list[dict[str, Any]]:
+def _nodes() -> list[dict[str, object]]:
     import ray
 
     return [
@@ -184,7 +181,6 @@ def _run_levels(
     cfg: LoadgenConfig,
     workload,
     pool,
-    clock: clusters.DriverClock,
     state: RunState,
     console: Console,
     stop: threading.Event,
@@ -198,7 +194,7 @@ def _run_levels(
         from loadgen.search import run_search
 
         run_search(
-            cfg, lambda spec: _run_one(cfg, cursor, spec, pool, clock, state, console, stop, 0), state.run_dir, stop, deadline
+            cfg, lambda spec: _run_one(cfg, cursor, spec, pool, state, console, stop, 0), state.run_dir, stop, deadline
         )
         return
     for spec in specs:
@@ -207,7 +203,7 @@ def _run_levels(
         if time.monotonic() > deadline:
             console.print(f"[yellow]max_run_s={cfg.max_run_s:g} reached: the remaining levels are skipped[/]")
             break
-        _run_one(cfg, cursor, spec, pool, clock, state, console, stop, len(specs))
+        _run_one(cfg, cursor, spec, pool, state, console, stop, len(specs))
 
 
 def _run_one(
@@ -215,35 +211,35 @@ def _run_one(
     cursor: RequestCursor,
     spec: LevelSpec,
     pool,
-    clock: clusters.DriverClock,
     state: RunState,
     console: Console,
     stop: threading.Event,
     n_levels: int,
-) -> dict[str, Any]:
+) -> LevelEntry:
     """Plan, start, watch and account for one level; return its run.json entry."""
     import ray
 
     load = cfg.load
     driver_cpu0 = time.process_time()
-    if state.meta["levels"]:
+    if state.meta.levels:
         # Clocks drift: re-measure between levels (run.json keeps every measurement).
-        clusters.sync_clocks(pool, clock, cfg.cluster.clock_sync_samples)
+        clusters.sync_clocks(pool, cfg.cluster.clock_sync_samples)
     plan, live = _prepare(cfg, cursor, spec, pool, state, console)
     if state.scraper is not None:
         state.scraper.set_level(spec.index)
         state.scraper.start()
-    t0 = clock.now() + int(START_LEAD_S * 1e9) + pool.max_clock_uncertainty_ns()
+    t0 = now_ns() + int(START_LEAD_S * 1e9) + pool.max_clock_uncertainty_ns()
     futures = [pool.actors[w].start_level.remote(t0) for w in live]
 
     # numbered as in the report, records (level=K) and run.json; the count is for progress
-    title = f"level {spec.index} ({spec.index + 1}/{n_levels or '?'})  {spec.value:g} {_UNITS[spec.mode]}"
-    results: dict[int, dict[str, Any]] = {}
+    title = f"level {spec.index} ({spec.index + 1}/{n_levels or '?'})  {spec.value:g} {spec.mode.unit}"
+    results: dict[int, LevelReport] = {}
     lost: dict[int, str] = {}
-    last_seen: dict[int, dict[str, Any]] = {}  # each worker's latest live counters
+    last_seen: dict[int, dict[str, object]] = {}  # each worker's latest live counters
     stopped: Optional[str] = None
     queue_t: list[int] = []
     queue_n: list[int] = []
+    rule = ClientBoundRule.of(cfg.cluster)
     with LevelProgress(console, title, plan.duration_s, enabled=cfg.progress) as progress:
         pending = dict(zip(futures, live))
         while pending:
@@ -262,11 +258,11 @@ def _run_one(
             counters = _poll(pool, pending.values())
             last_seen.update((c["worker_id"], c) for c in counters)
             if counters:
-                elapsed = (clock.now() - t0) / 1e9
+                elapsed = (now_ns() - t0) / 1e9
                 progress.update(max(0.0, elapsed), counters)
-                progress.warn_client_bound(counters, cfg.cluster.loop_lag_warn_ms)
+                progress.warn_client_bound(counters, rule, spec.mode.open_loop)
                 if load.kind == "search" and load.warmup_s < elapsed <= plan.duration_s and not stopped:
-                    queue_t.append(clock.now())
+                    queue_t.append(now_ns())
                     queue_n.append(sum(c["in_flight"] for c in counters))
                     if _over_saturated(queue_t, queue_n):
                         stopped = "queue growing"
@@ -275,14 +271,14 @@ def _run_one(
                         console.print("[yellow]in-flight requests keep growing: the level is over-saturated, stopping it early[/]")
 
     shards = dict(zip(live, plan.shards))
-    entry = _level_entry(state.run_dir, cfg, plan, t0, clock.now(), results, lost, shards, last_seen)
-    entry["stopped_early"] = stopped
-    entry["driver_cpu_s"] = time.process_time() - driver_cpu0
-    state.meta["levels"].append(entry)
+    entry = _level_entry(state.run_dir, cfg, plan, t0, now_ns(), results, lost, shards, last_seen)
+    entry.stopped_early = stopped
+    entry.driver_cpu_s = time.process_time() - driver_cpu0
+    state.meta.levels.append(entry)
     for w, why in lost.items():
         _mark_lost(state, w, why)
     state.save()
-    _print_level(console, entry)
+    _print_level(console, entry, rule)
     return entry
 
 
@@ -298,7 +294,7 @@ def _prepare(
 
     load = cfg.load
     while True:
-        live = [w for w, info in enumerate(state.meta["workers"]) if info.get("alive", True)]
+        live = [w for w, info in enumerate(state.meta.workers) if info.get("alive", True)]
         if not live:
             raise clusters.ClusterError("every worker actor was lost: none is left to send the remaining levels")
         n = len(live)
@@ -311,7 +307,7 @@ def _prepare(
                 duration_s=plan.duration_s,
                 drain_s=load.drain_s,
                 concurrency=plan.concurrency[i] if plan.concurrency else 0,
-                think_time_s=load.think_time_s if spec.mode == "concurrency" else cfg.workload.think_time_s,
+                think_time_s=load.think_time_s,
                 max_concurrency=_share(load.max_concurrency, i, n),
                 max_requests=plan.max_requests[i] if plan.max_requests else 0,
             )
@@ -334,14 +330,14 @@ def _prepare(
 
 
 def _reason(exc: BaseException) -> str:
-    """Why a worker was lost, in one line."""
+    """Why a worker was lost (or a run failed), in one line."""
     first = str(exc).splitlines()[0][:200] if str(exc) else ""
     return f"{type(exc).__name__}: {first}"
 
 
 def _mark_lost(state: RunState, w: int, why: str) -> None:
-    state.meta["workers"][w]["alive"] = False
-    state.meta["workers"][w]["lost_reason"] = why
+    state.meta.workers[w]["alive"] = False
+    state.meta.workers[w]["lost_reason"] = why
 
 
 def _over_saturated(t_ns: list[int], in_flight: list[int]) -> bool:
@@ -357,7 +353,7 @@ def _share(total: Optional[int], w: int, n: int) -> Optional[int]:
     return max(1, total // n + (1 if w < total % n else 0))
 
 
-def _poll(pool, workers) -> list[dict[str, Any]]:
+def _poll(pool, workers) -> list[dict[str, object]]:
     import ray
 
     refs = [pool.actors[w].progress.remote() for w in workers]
@@ -377,111 +373,81 @@ def _level_entry(
     plan: LevelPlan,
     t0: int,
     end_ns: int,
-    results: dict[int, dict[str, Any]],
+    results: dict[int, LevelReport],
     lost: dict[int, str],
-    shards: dict[int, Any],
-    last_seen: dict[int, dict[str, Any]],
-) -> dict[str, Any]:
-    """The run.json entry of a level: boundaries, ledger, per-worker health, client-bound flag."""
+    shards: dict[int, object],
+    last_seen: dict[int, dict[str, object]],
+) -> LevelEntry:
+    """The run.json entry of a level: boundaries, ledger and each worker's raw timing health."""
     spec = plan.spec
     statuses: Counter[str] = Counter()
     not_sent: Counter[str] = Counter()
     planned = 0
     for r in results.values():
-        statuses.update(r["statuses"])
-        not_sent.update(r["not_sent"])
-        planned += r["planned"]
+        statuses.update(r.statuses)
+        not_sent.update(r.not_sent)
+        planned += r.planned
     # A dead worker's flushed records are in the dataset. Of the rest of its shard, what its
     # last polled counters (or its records) show as sent is lost; the remainder was never sent.
     lost_sent = 0
+    root = records_root(run_dir, cfg.cluster.records_uri)
     for w in lost:
-        flushed = _flushed_statuses(run_dir, spec.index, w)
+        flushed = worker_statuses(root, spec.index, w)
         statuses.update(flushed)
         n_flushed = sum(flushed.values())
         seen = last_seen.get(w, {})
-        sent_w = max(n_flushed, seen.get("sent", 0) if seen.get("level") == spec.index else 0)
-        planned_w = max(shards[w].num_rows, sent_w) if spec.mode != "concurrency" else sent_w
+        sent_w = max(n_flushed, int(seen.get("sent", 0)) if seen.get("level") == spec.index else 0)
+        planned_w = max(shards[w].num_rows, sent_w) if spec.mode.open_loop else sent_w
         planned += planned_w
         lost_sent += sent_w - n_flushed
         if planned_w > sent_w:
             not_sent["worker lost"] += planned_w - sent_w
-    sent = sum(statuses.values()) + lost_sent
-    ledger = {
-        "planned": planned,
-        "sent": sent,
-        "not_sent": dict(not_sent),
-        "ok": statuses.get("ok", 0),
-        "errors": {s: statuses.get(s, 0) for s in STATUSES if s not in ("ok", "cancelled")},
-        "cancelled": statuses.get("cancelled", 0),
-        "lost": lost_sent,
-        "lost_workers": sorted(lost),
-    }
-    workers = [
-        {
-            "worker_id": w,
-            "sent": sum(r["statuses"].values()),
-            "loop_lag_ms_p99": r["loop_lag_ms_p99"],
-            "loop_lag_ms_max": r["loop_lag_ms_max"],
-            "schedule_lag_ms_p50": r["schedule_lag_ms_p50"],
-            "schedule_lag_ms_p99": r["schedule_lag_ms_p99"],
-            "schedule_lag_ms_max": r["schedule_lag_ms_max"],
-            "cpu_percent": r["cpu_percent"],
-            "cpu_s": r.get("cpu_s"),
-        }
-        for w, r in sorted(results.items())
-    ]
-    c = cfg.cluster
-    open_loop = spec.mode != "concurrency"
-    bound = [
-        w["worker_id"]
-        for w in workers
-        if w["loop_lag_ms_p99"] > c.loop_lag_warn_ms or (open_loop and w["sent"] and w["schedule_lag_ms_p99"] > c.schedule_lag_warn_ms)
-    ]
-    duration_ns = int(plan.duration_s * 1e9)
-    return {
-        **plan.summary(),
-        "arrival": cfg.load.arrival if spec.mode == "rate" else None,
-        "shape": cfg.load.shape if spec.mode == "rate" else "steady",
-        "step_at_ns": t0 + int(cfg.load.step_at_s * 1e9) if spec.mode == "rate" and cfg.load.shape != "steady" else None,
-        "start_ns": t0,
-        "send_end_ns": t0 + duration_ns,
-        "end_ns": end_ns,
-        "steady_start_ns": t0 + int(cfg.load.warmup_s * 1e9),
-        "steady_end_ns": t0 + duration_ns,
-        "ledger": ledger,
-        "workers": workers,
-        "client_bound": bool(bound),
-        "client_bound_workers": bound,
-    }
-
-
-def _flushed_statuses(run_dir: str, level: int, worker: int) -> Counter[str]:
-    """Status counts of the records a worker wrote for a level before it died."""
-    import pyarrow.dataset as ds
-
-    from loadgen.records import part_dir
-
-    path = part_dir(os.path.join(run_dir, "records"), level, worker)
-    files = [os.path.join(path, f) for f in os.listdir(path) if f.endswith(".parquet")] if os.path.isdir(path) else []
-    if not files:
-        return Counter()
-    table = ds.dataset(files, format="parquet").to_table(columns=["status"])
-    return Counter(table.column("status").to_pylist())
-
-
-_UNITS = {"rate": "req/s", "concurrency": "streams", "trace": "x trace speed"}
-
-
-def _print_level(console: Console, entry: dict[str, Any]) -> None:
-    led = entry["ledger"]
-    errors = sum(led["errors"].values())
-    line = (
-        f"level {entry['level']}: {entry['value']:g} {_UNITS[entry['mode']]}  sent {led['sent']}/{led['planned']}  "
-        f"ok {led['ok']}  errors {errors}  cancelled {led['cancelled']}"
+    ledger = Ledger(
+        planned=planned,
+        sent=sum(statuses.values()) + lost_sent,
+        not_sent=dict(not_sent),
+        ok=statuses.get("ok", 0),
+        errors={**empty_errors(), **{s: n for s, n in statuses.items() if s not in ("ok", "cancelled")}},
+        cancelled=statuses.get("cancelled", 0),
+        lost=lost_sent,
+        lost_workers=sorted(lost),
     )
-    if led["lost_workers"]:
-        unsent = led["not_sent"].get("worker lost", 0)
-        line += f"  [red]workers {led['lost_workers']} died: {led['lost']} sent but unrecorded, {unsent} never sent[/]"
-    if entry["client_bound"]:
-        line += f"  [yellow]client-bound (workers {entry['client_bound_workers']})[/]"
+    duration_ns = int(plan.duration_s * 1e9)
+    shaped = spec.mode is LoadMode.RATE
+    return LevelEntry(
+        level=spec.index,
+        mode=spec.mode,
+        value=spec.value,
+        offered_rps=plan.offered_rps,
+        planned=plan.planned,
+        arrival=cfg.load.arrival if shaped else None,
+        shape=cfg.load.shape if shaped else "steady",
+        step_at_ns=t0 + int(cfg.load.step_at_s * 1e9) if shaped and cfg.load.shape != "steady" else None,
+        start_ns=t0,
+        send_end_ns=t0 + duration_ns,
+        end_ns=end_ns,
+        steady_start_ns=t0 + int(cfg.load.warmup_s * 1e9),
+        steady_end_ns=t0 + duration_ns,
+        ledger=ledger,
+        workers=[r.health for _, r in sorted(results.items())],
+    )
+
+
+def _print_level(console: Console, entry: LevelEntry, rule: ClientBoundRule) -> None:
+    """One line per level as it ends: what was sent and how it ended, lost workers, client-bound workers."""
+    led = entry.ledger
+    assert led is not None
+    line = (
+        f"level {entry.level}: {entry.value:g} {entry.mode.unit}  sent {led.sent}/{led.planned}  "
+        f"ok {led.ok}  errors {led.error_total}  cancelled {led.cancelled}"
+    )
+    if led.lost_workers:
+        unsent = led.not_sent.get("worker lost", 0)
+        line += f"  [red]workers {led.lost_workers} died: {led.lost} sent but unrecorded, {unsent} never sent[/]"
+    bound = rule.judge(
+        {w.worker_id: w.loop_lag_ms_p99 for w in entry.workers},
+        {w.worker_id: w.schedule_lag_ms_p99 for w in entry.workers if w.sent} if entry.mode.open_loop else None,
+    )
+    if bound:
+        line += f"  [yellow]client-bound (workers {sorted(bound)})[/]"
     console.print(line)

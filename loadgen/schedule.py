@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from loadgen.config import LoadConfig
+from loadgen.rundir import LoadMode
 from loadgen.workload.table import Workload
 
 ARRIVALS = ("constant", "poisson", "gamma")
@@ -102,8 +103,11 @@ class LevelSpec:
     """One load level as the driver runs it."""
 
     index: int  # level number, 0-based, in the order run
-    mode: str  # rate (open loop) | concurrency (closed loop) | trace (trace timestamps)
+    mode: LoadMode
     value: float  # req/s, streams, or the trace's time-scale factor
+
+    def __post_init__(self) -> None:
+        self.mode = LoadMode(self.mode)
 
 
 @dataclass
@@ -117,16 +121,6 @@ class LevelPlan:
     planned: int = 0  # requests planned (closed loop: the request cap, an upper bound)
     offered_rps: Optional[float] = None  # planned arrivals / sending time (open loop)
     duration_s: float = 0.0  # sending phase length
-
-    def summary(self) -> dict:
-        """JSON-ready description of the level for run.json."""
-        return {
-            "level": self.spec.index,
-            "mode": self.spec.mode,
-            "value": self.spec.value,
-            "offered_rps": self.offered_rps,
-            "planned": self.planned,
-        }
 
 
 class RequestCursor:
@@ -316,16 +310,26 @@ def plan_closed_loop(cursor: RequestCursor, spec: LevelSpec, load: LoadConfig, w
     )
 
 
+#: The mode of the levels of each ``load.kind``.
+MODE_OF_KIND = {
+    "concurrency": LoadMode.CONCURRENCY,
+    "rate": LoadMode.RATE,
+    "sweep": LoadMode.RATE,
+    "trace": LoadMode.TRACE,
+    "search": LoadMode.RATE,
+}
+
+
 def level_specs(load: LoadConfig) -> list[LevelSpec]:
     """The fixed levels of a run (``load=search`` picks its levels as it measures)."""
-    mode = {"concurrency": "concurrency", "rate": "rate", "sweep": "rate", "trace": "trace", "search": "rate"}[load.kind]
+    mode = MODE_OF_KIND[load.kind]
     return [LevelSpec(index=i, mode=mode, value=float(v)) for i, v in enumerate(load.levels)]
 
 
 def plan_level(cursor: RequestCursor, spec: LevelSpec, load: LoadConfig, workers: int) -> LevelPlan:
     """Plan one level of any mode."""
-    if spec.mode == "concurrency":
+    if spec.mode is LoadMode.CONCURRENCY:
         return plan_closed_loop(cursor, spec, load, workers)
-    if spec.mode == "trace":
+    if spec.mode is LoadMode.TRACE:
         return plan_trace(cursor, spec, load, workers)
     return plan_open_loop(cursor, spec, load, workers)

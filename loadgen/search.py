@@ -1,7 +1,8 @@
 """The adaptive sweep (``load=search``): measure levels until the capacity is bracketed tightly.
 
 Input: the config and a callback that runs one level. Output: the levels it
-chose, each judged by the analysis module right after it ran; the choice of
+chose, each judged by the analysis module right after it ran (from that
+level's own records, so each judgement costs the same); the choice of
 the next rate is ``loadgen.analysis.next_search_level`` (geometric steps, then
 bisection between the highest passing and the lowest failing rate).
 """
@@ -12,8 +13,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from loadgen.analysis import SearchPoint, analyze_run, next_search_level
+from loadgen.analysis import SearchPoint, analyze_level, next_search_level
 from loadgen.config import LoadgenConfig
+from loadgen.rundir import LoadMode
 from loadgen.schedule import LevelSpec
 
 
@@ -31,8 +33,7 @@ def run_search(
         if rate is None:
             break
         index = len(points)
-        run_level(LevelSpec(index=index, mode="rate", value=float(rate)))
-        summary = analyze_run(run_dir, slo=cfg.slo, analysis=cfg.analysis, cluster=cfg.cluster)
-        level = next(lv for lv in summary.levels if lv.level == index)
+        run_level(LevelSpec(index=index, mode=LoadMode.RATE, value=float(rate)))
+        level = analyze_level(run_dir, index, slo=cfg.slo, analysis=cfg.analysis, cluster=cfg.cluster)
         points.append(SearchPoint.of(level))
     return points

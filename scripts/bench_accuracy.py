@@ -35,7 +35,7 @@ from loadgen.config import (  # noqa: E402
     TargetConfig,
     WorkloadConfig,
 )
-from loadgen.records import read_records  # noqa: E402
+from loadgen.rundir import read_records  # noqa: E402
 from loadgen.runner import run  # noqa: E402
 
 

@@ -27,7 +27,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from loadgen.records import RECORD_SCHEMA, PartWriter, part_dir
+from loadgen.rundir import RECORD_SCHEMA, PartWriter, part_dir
 
 T0 = 1_700_000_000_000_000_000
 NS = 1_000_000_000

@@ -35,7 +35,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import fast_sse_server  # noqa: E402
 
 from loadgen.config import ClusterConfig, LengthDist, LoadConfig, LoadgenConfig, TargetConfig, WorkloadConfig  # noqa: E402
-from loadgen.records import read_records  # noqa: E402
+from loadgen.rundir import read_records  # noqa: E402
 from loadgen.runner import run  # noqa: E402
 
 

@@ -56,7 +56,7 @@ from loadgen.config import (  # noqa: E402
     WorkloadConfig,
     validate,
 )
-from loadgen.records import read_records  # noqa: E402
+from loadgen.rundir import read_records  # noqa: E402
 from loadgen.runner import run  # noqa: E402
 from loadgen.sim.process import SimProcess, start_sim  # noqa: E402
 

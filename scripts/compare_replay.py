@@ -313,7 +313,7 @@ def replay(overrides: list[str], run_dir: str) -> Replay:
 
 def load_replay(run_dir: str, meta: Optional[dict[str, Any]] = None) -> Replay:
     """Level 0 of a finished run directory."""
-    from loadgen.records import read_records
+    from loadgen.rundir import read_records
 
     if meta is None:
         with open(os.path.join(run_dir, "run.json")) as f:

@@ -194,7 +194,7 @@ from collections import Counter
 
 import pyarrow.compute as pc
 
-from loadgen.records import read_records
+from loadgen.rundir import read_records
 
 run_dir, workers, slots, net = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 meta = json.load(open(f"{run_dir}/run.json"))

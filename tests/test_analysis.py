@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from loadgen.analysis import (
-    Ledger,
     LevelMetrics,
     LevelSummary,
     SearchPoint,
@@ -35,7 +34,7 @@ from loadgen.analysis import (
 from loadgen.analysis.level import judge
 from loadgen.analysis.metrics import peak_in_flight
 from loadgen.config import AnalysisConfig, ClusterConfig, LoadConfig, SLOConfig
-from loadgen.records import RECORD_SCHEMA
+from loadgen.rundir import RECORD_SCHEMA, Ledger, LevelEntry, WorkerHealth
 
 T0 = 1_700_000_000_000_000_000  # an epoch-like run clock origin, ns
 MS = 1_000_000
@@ -333,13 +332,13 @@ def test_replicas_and_cost_per_million_tokens():
 def test_ledger_closes_and_names_what_does_not():
     meta = {"planned": 10, "sent": 9, "not_sent": {"deadline": 1}, "ok": 6,
             "errors": {"timeout": 1, "http_error": 1}, "cancelled": 1, "lost": 0}
-    assert Ledger.from_meta(meta, records=9).closes
-    broken = Ledger.from_meta({**meta, "ok": 5}, records=9)
+    assert Ledger.from_dict(meta, records=9).closes
+    broken = Ledger.from_dict({**meta, "ok": 5}, records=9)
     assert not broken.closes
     assert any("sent 9 ≠ ok 5" in p for p in broken.problems())
-    missing_rows = Ledger.from_meta(meta, records=7)
+    missing_rows = Ledger.from_dict(meta, records=7)
     assert any("7 records on disk" in p for p in missing_rows.problems())
-    total = Ledger.from_meta(meta) + Ledger.from_meta(meta)
+    total = Ledger.from_dict(meta) + Ledger.from_dict(meta)
     assert total.planned == 20 and total.errors == {"http_error": 2, "timeout": 2}
 
 
@@ -349,7 +348,8 @@ def test_client_bound_names_the_lagging_workers():
         rows.append(rec(i * 10, i * 10 + 0.2, [i * 10 + 20], i * 10 + 21, worker=0))
         rows.append(rec(i * 10, i * 10 + 45, [i * 10 + 60], i * 10 + 61, worker=1))  # 45 ms behind schedule
         rows.append(rec(i * 10, i * 10, [i * 10 + 20], i * 10 + 21, worker=2, loop_lag=1.0))
-    meta = {"level": 0, "mode": "rate", "value": 100.0, "offered_rps": 100.0, "client_bound_workers": [5]}
+    # worker 5 sent nothing on record but reported a lagging loop for the level in run.json
+    meta = LevelEntry(level=0, mode="rate", value=100.0, offered_rps=100.0, workers=[WorkerHealth(5, sent=3, loop_lag_ms_p99=25.0)])
     telemetry = pa.table({"worker_id": [2, 2, 2], "loop_lag_ms": [30.0, 35.0, 40.0]})
     cluster = ClusterConfig(schedule_lag_warn_ms=20.0, loop_lag_warn_ms=20.0)
     lv = summarize_level(table(rows), meta, NO_SLO, AnalysisConfig(), cluster, telemetry)
@@ -358,7 +358,7 @@ def test_client_bound_names_the_lagging_workers():
     reasons = " | ".join(lv.client_bound_reasons)
     assert "worker 1: schedule lag p99 45.0 ms" in reasons
     assert "worker 2: event-loop lag" in reasons
-    quiet = summarize_level(table([r for r in rows if r["worker_id"] == 0]), {"level": 0}, NO_SLO, AnalysisConfig(), cluster)
+    quiet = summarize_level(table([r for r in rows if r["worker_id"] == 0]), LevelEntry(level=0), NO_SLO, AnalysisConfig(), cluster)
     assert not quiet.client_bound and quiet.client_bound_workers == []
 
 

@@ -32,7 +32,7 @@ from loadgen.config import (
     WorkloadConfig,
     validate,
 )
-from loadgen.records import RECORD_SCHEMA, read_records
+from loadgen.rundir import RECORD_SCHEMA, read_records
 from loadgen.worker import TargetSpec
 
 ray = pytest.importorskip("ray")
@@ -281,7 +281,7 @@ def distributed_run(cluster, tmp_path_factory):
         progress=False,
     ))
     run_dir = base / "run"
-    meta = runner.run(cfg, str(run_dir), console=Console(file=io.StringIO()), clock_skew_ns={SKEWED: SKEW_NS})
+    meta = runner.run(cfg, str(run_dir), console=Console(file=io.StringIO()), clock_skew_ns={SKEWED: SKEW_NS}).to_dict()
     assert meta["status"] == "complete"
     return meta, read_records(str(run_dir)), pq.read_table(run_dir / "sim_ground_truth.parquet")
 

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from loadgen.config import ClusterConfig, LengthDist, LoadConfig, LoadgenConfig, TargetConfig, WorkloadConfig, validate
-from loadgen.records import read_records
+from loadgen.rundir import read_records
 from loadgen.runner import run
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -206,7 +206,7 @@ def _fmt(values: dict[int, float]) -> str:
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("engine_url", ["vllm"], indirect=True)
 def test_vllm_cpu_sweep(engine_url: str, tmp_path: Path) -> None:
-    meta = run(sweep(engine_url, "vllm"), str(tmp_path / "run"))
+    meta = run(sweep(engine_url, "vllm"), str(tmp_path / "run")).to_dict()
     check_sweep(tmp_path / "run", meta)
     # vLLM adopts the X-Request-Id header: its response ids join with loadgen's request ids
     records = read_records(str(tmp_path / "run")).select(["request_id", "response_id"]).to_pylist()
@@ -216,5 +216,5 @@ def test_vllm_cpu_sweep(engine_url: str, tmp_path: Path) -> None:
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("engine_url", ["llama"], indirect=True)
 def test_llama_server_sweep(engine_url: str, tmp_path: Path) -> None:
-    meta = run(sweep(engine_url, "llamacpp"), str(tmp_path / "run"))
+    meta = run(sweep(engine_url, "llamacpp"), str(tmp_path / "run")).to_dict()
     check_sweep(tmp_path / "run", meta)

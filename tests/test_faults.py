@@ -24,11 +24,11 @@ import pyarrow as pa
 import pytest
 from rich.console import Console
 
-from loadgen.analysis import Ledger, analyze_run
+from loadgen.analysis import analyze_run
 from loadgen.config import ClusterConfig, FaultConfig, SimProfile, TargetConfig
-from loadgen.records import read_records
 from loadgen.report.html import render_html
 from loadgen.report.terminal import render_terminal
+from loadgen.rundir import Ledger, read_records
 from loadgen.sim import start_sim
 from loadgen.worker import LevelRun, TargetSpec, WorkerCore
 from loadgen.workload.table import REQUEST_SCHEMA
@@ -148,9 +148,9 @@ def test_fault_becomes_a_record_with_status_error_and_tokens(sims, tmp_path, nam
     ledger, recs = send(url, str(tmp_path), **case.target)
 
     # The ledger: every planned request sent, each ended in exactly this way, each on disk.
-    assert ledger["planned"] == ledger["sent"] == N and not ledger["not_sent"]
-    assert ledger["statuses"] == {case.status: N}
-    assert ledger["records_written"] == len(recs) == N
+    assert ledger.planned == ledger.sent == N and not ledger.not_sent
+    assert ledger.statuses == {case.status: N}
+    assert ledger.records_written == len(recs) == N
     assert sorted(r["request_id"] for r in recs) == [f"L0-r{i}" for i in range(N)]
     for rec in recs:
         assert rec["status"] == case.status
@@ -188,7 +188,7 @@ def test_connect_never_accepted_is_a_connect_timeout(tmp_path):
         finally:
             for c in filler:
                 c.close()
-    assert ledger["statuses"] == {"connection_error": N} and len(recs) == N
+    assert ledger.statuses == {"connection_error": N} and len(recs) == N
     for rec in recs:
         assert rec["error"].startswith("connect timeout: ") and rec["first_byte_ns"] is None
         assert 0.45 <= (rec["end_ns"] - rec["sent_ns"]) / 1e9 < 10
@@ -237,7 +237,7 @@ def test_a_run_with_mixed_faults_accounts_for_every_request(tmp_path):
         assert led["errors"][cls] == statuses.count(cls) > 0, (cls, led)
         for err in (r["error"] for r in recs.to_pylist() if r["status"] == cls):
             assert re.search(pattern, err), (cls, err)
-    assert Ledger.from_meta(led, records=recs.num_rows).closes
+    assert Ledger.from_dict(led, records=recs.num_rows).closes
 
     # The report shows the ledger, closing, and the errors by class.
     summary = analyze_run(str(run_dir))

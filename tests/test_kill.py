@@ -21,10 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
-from loadgen.analysis import Ledger, analyze_run
-from loadgen.analysis.rundir import read_telemetry
-from loadgen.records import read_records
+from loadgen.analysis import analyze_run
 from loadgen.report.terminal import render_terminal
+from loadgen.rundir import Ledger, read_records, read_telemetry
 
 pytestmark = pytest.mark.slow
 
@@ -153,7 +152,7 @@ def test_a_killed_worker_is_counted_and_the_run_finishes_on_the_others(tmp_path)
     assert first["planned"] == first["sent"] + sum(first["not_sent"].values())
     assert first["sent"] == first["ok"] + sum(first["errors"].values()) + first["cancelled"] + first["lost"]
     assert by_level[0].num_rows == first["sent"] - first["lost"]
-    assert Ledger.from_meta(first, records=by_level[0].num_rows).closes
+    assert Ledger.from_dict(first, records=by_level[0].num_rows).closes
 
     # Level 1 runs its full load on the survivor alone.
     assert second["lost_workers"] == [] and second["lost"] == 0

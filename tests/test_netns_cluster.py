@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from loadgen.records import read_records
+from loadgen.rundir import read_records
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "netns_cluster.sh"
 

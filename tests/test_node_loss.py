@@ -24,7 +24,7 @@ from loadgen.config import (
     WorkloadConfig,
     validate,
 )
-from loadgen.records import read_records
+from loadgen.rundir import read_records
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,7 @@ def test_a_lost_node_is_counted_and_the_run_finishes_on_the_rest(tmp_path):
 
         killer = threading.Thread(target=lose_node_when_level_runs, daemon=True)
         killer.start()
-        meta = runner.run(cfg, str(tmp_path / "run"), console=Console(file=io.StringIO()))
+        meta = runner.run(cfg, str(tmp_path / "run"), console=Console(file=io.StringIO())).to_dict()
         killer.join(5)
     finally:
         ray.shutdown()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from loadgen.records import RECORD_SCHEMA, PartWriter, RecordBuffer, part_dir, read_records, to_batch
+from loadgen.rundir import RECORD_SCHEMA, PartWriter, RecordBuffer, part_dir, read_records, to_batch
 
 
 def test_buffer_round_trips_records_including_chunk_lists():

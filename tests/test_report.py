@@ -14,9 +14,9 @@ import pytest
 from rich.console import Console
 
 from loadgen.analysis import analyze_run
-from loadgen.records import RECORD_SCHEMA
 from loadgen.report import render_terminal
 from loadgen.report.cli import main
+from loadgen.rundir import RECORD_SCHEMA
 
 T0 = 1_700_000_000_000_000_000
 MS = 1_000_000

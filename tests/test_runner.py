@@ -7,13 +7,14 @@ import json
 import time
 
 import numpy as np
+from test_worker import FakeServer, shard
 
-from loadgen.analysis import analyze_run
+from loadgen.analysis import ClientBoundRule, analyze_run
 from loadgen.config import ClusterConfig, LoadConfig, LoadgenConfig, TargetConfig
+from loadgen.rundir import LevelEntry, RunMeta, RunStatus
 from loadgen.runner import RunState, _level_entry
 from loadgen.schedule import LevelPlan, LevelSpec
 from loadgen.worker import LevelRun, TargetSpec, WorkerCore
-from test_worker import FakeServer, shard
 
 
 async def _level(tmp_path, hog: bool):
@@ -44,22 +45,22 @@ async def _level(tmp_path, hog: bool):
     return ledger, t0, table
 
 
-def _judge(tmp_path, hog: bool) -> dict:
+def _judge(tmp_path, hog: bool) -> LevelEntry:
     ledger, t0, table = asyncio.run(_level(tmp_path, hog))
     cfg = LoadgenConfig(load=LoadConfig(duration_s=1.5, warmup_s=0.2))
     plan = LevelPlan(spec=LevelSpec(0, "rate", 40.0), shards=[table], planned=60, offered_rps=40.0, duration_s=1.5)
     entry = _level_entry(str(tmp_path), cfg, plan, t0, t0 + 3 * 10**9, {0: ledger}, {}, {0: table}, {})
-    state = RunState(str(tmp_path), {"run_id": "t", "status": "complete", "config": {}, "levels": [entry]})
+    state = RunState(str(tmp_path), RunMeta(run_id="t", status=RunStatus.COMPLETE, levels=[entry]))
     state.save()
     return entry
 
 
 def test_an_overloaded_worker_is_flagged_client_bound_and_named(tmp_path):
     entry = _judge(tmp_path, hog=True)
-    assert entry["client_bound"] is True
-    assert entry["client_bound_workers"] == [0]
-    worker = entry["workers"][0]
-    assert worker["loop_lag_ms_p99"] > 20 or worker["schedule_lag_ms_p99"] > 20
+    worker = entry.workers[0]
+    assert worker.loop_lag_ms_p99 > 20 or worker.schedule_lag_ms_p99 > 20
+    rule = ClientBoundRule.of(ClusterConfig())
+    assert list(rule.judge({0: worker.loop_lag_ms_p99}, {0: worker.schedule_lag_ms_p99})) == [0]
     summary = analyze_run(str(tmp_path))
     level = summary.levels[0]
     assert level.client_bound and level.client_bound_workers == [0]
@@ -70,4 +71,4 @@ def test_an_overloaded_worker_is_flagged_client_bound_and_named(tmp_path):
 def test_an_idle_worker_is_not_flagged(tmp_path):
     entry = _judge(tmp_path, hog=False)
     # A quiet worker's lag stays well below what the 30-ms-per-40-ms hog causes.
-    assert entry["workers"][0]["loop_lag_ms_p99"] < 30
+    assert entry.workers[0].loop_lag_ms_p99 < 30

@@ -9,12 +9,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from aiohttp import web
+from loopback import serve_app
 
 from loadgen.config import ClusterConfig, TargetConfig
-from loadgen.records import read_records
+from loadgen.rundir import read_records
 from loadgen.worker import ClientLimitError, LevelRun, TargetSpec, WorkerCore, check_socket_limits
 from loadgen.workload.table import REQUEST_SCHEMA
-from loopback import serve_app
 
 
 class FakeServer:
@@ -90,7 +90,7 @@ def test_open_loop_sends_on_schedule_and_records_everything(tmp_path):
     ledger, server, run = asyncio.run(
         run_level(tmp_path, shard(20, offsets), dict(mode="rate", value=50, duration_s=0.5, drain_s=5))
     )
-    assert ledger["planned"] == 20 and ledger["sent"] == 20 and ledger["statuses"] == {"ok": 20}
+    assert ledger.planned == 20 and ledger.sent == 20 and ledger.statuses == {"ok": 20}
     recs = read_records(str(tmp_path)).sort_by("scheduled_ns")
     assert recs.num_rows == 20
     sched = np.array(recs.column("scheduled_ns").to_pylist())
@@ -118,8 +118,8 @@ def test_closed_loop_keeps_exactly_n_streams(tmp_path):
         run_level(tmp_path, shard(20), dict(mode="concurrency", value=4, concurrency=4, duration_s=0.6, drain_s=5, max_requests=10**6))
     )
     assert server.peak == 4
-    assert ledger["sent"] == ledger["planned"] == ledger["statuses"]["ok"]
-    assert ledger["sent"] > 20  # the 20-row pool was cycled
+    assert ledger.sent == ledger.planned == ledger.statuses["ok"]
+    assert ledger.sent > 20  # the 20-row pool was cycled
     ids = read_records(str(tmp_path)).column("request_id").to_pylist()
     assert len(set(ids)) == len(ids) and "L0-r0.c1" in ids
 
@@ -128,7 +128,7 @@ def test_closed_loop_stops_at_its_request_cap(tmp_path):
     ledger, _, _ = asyncio.run(
         run_level(tmp_path, shard(5), dict(mode="concurrency", value=2, concurrency=2, duration_s=5, drain_s=5, max_requests=7))
     )
-    assert ledger["sent"] == ledger["planned"] == 7
+    assert ledger.sent == ledger.planned == 7
 
 
 def test_open_loop_concurrency_ceiling_queues_on_the_client(tmp_path):
@@ -136,7 +136,7 @@ def test_open_loop_concurrency_ceiling_queues_on_the_client(tmp_path):
     ledger, server, _ = asyncio.run(
         run_level(tmp_path, shard(12, offsets), dict(mode="rate", value=1, duration_s=0.2, drain_s=5, max_concurrency=3))
     )
-    assert server.peak == 3 and ledger["statuses"] == {"ok": 12}
+    assert server.peak == 3 and ledger.statuses == {"ok": 12}
     recs = read_records(str(tmp_path))
     queued = np.array(recs.column("sent_ns").to_pylist()) - np.array(recs.column("scheduled_ns").to_pylist())
     assert queued.max() > 20_000_000  # the last ones waited for a free slot, and it shows
@@ -147,7 +147,7 @@ def test_session_turns_go_in_order_after_the_previous_answer(tmp_path):
     ledger, server, _ = asyncio.run(
         run_level(tmp_path, shard(0, offsets, sessions=2, turns=3), dict(mode="rate", value=1, duration_s=0.5, drain_s=5, think_time_s=0.05))
     )
-    assert ledger["statuses"] == {"ok": 6}
+    assert ledger.statuses == {"ok": 6}
     recs = read_records(str(tmp_path)).to_pylist()
     by_session: dict[str, list] = {}
     for r in sorted(recs, key=lambda r: r["sent_ns"]):
@@ -164,11 +164,11 @@ def test_stop_cancels_in_flight_and_counts_unsent(tmp_path):
     ledger, _, _ = asyncio.run(
         run_level(tmp_path, shard(40, offsets, out=20), dict(mode="rate", value=20, duration_s=2, drain_s=10), server=slow, stop_after=0.5)
     )
-    assert ledger["statuses"].get("cancelled", 0) > 0
-    assert ledger["not_sent"]["stopped"] > 0
-    assert ledger["sent"] + ledger["not_sent"]["stopped"] == ledger["planned"] == 40
+    assert ledger.statuses.get("cancelled", 0) > 0
+    assert ledger.not_sent["stopped"] > 0
+    assert ledger.sent + ledger.not_sent["stopped"] == ledger.planned == 40
     recs = read_records(str(tmp_path))
-    assert recs.num_rows == ledger["sent"]
+    assert recs.num_rows == ledger.sent
     assert set(recs.column("status").to_pylist()) == {"cancelled"}
 
 
@@ -181,4 +181,4 @@ def test_a_worker_with_no_streams_in_a_closed_loop_level_just_finishes(tmp_path)
     ledger, server, _ = asyncio.run(
         run_level(tmp_path, shard(0), dict(mode="concurrency", value=1, concurrency=0, duration_s=0.3, drain_s=1, max_requests=0))
     )
-    assert ledger["sent"] == ledger["planned"] == 0 and server.seen == []
+    assert ledger.sent == ledger.planned == 0 and server.seen == []

@@ -9,37 +9,38 @@ from __future__ import annotations
 
 from loadgen.analysis.capacity import CapacityPlan, GoodputCapacity, goodput_capacity, plan_capacity
 from loadgen.analysis.compare import Comparison, ComparisonRow, compare
-from loadgen.analysis.ledger import Ledger
+from loadgen.analysis.health import ClientBoundRule
 from loadgen.analysis.level import LevelSummary, summarize_level
 from loadgen.analysis.metrics import Dist, LevelMetrics, Window, level_metrics, quantiles
 from loadgen.analysis.saturation import (
     Knee,
     Saturation,
     SearchPoint,
-    kneedle,
     knee_point,
+    kneedle,
     next_search_level,
     queue_growing,
     queue_growing_records,
     saturation_point,
     search_bracket,
 )
-from loadgen.analysis.summary import RunSummary, analyze_run, write_summary
+from loadgen.analysis.summary import RunSummary, analyze_level, analyze_run, write_summary
 
 __all__ = [
     "CapacityPlan",
+    "ClientBoundRule",
     "Comparison",
     "ComparisonRow",
     "Dist",
     "GoodputCapacity",
     "Knee",
-    "Ledger",
     "LevelMetrics",
     "LevelSummary",
     "RunSummary",
     "Saturation",
     "SearchPoint",
     "Window",
+    "analyze_level",
     "analyze_run",
     "compare",
     "goodput_capacity",

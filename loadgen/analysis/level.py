@@ -1,19 +1,20 @@
 """One load level summarised and judged: metrics, keeping up, SLOs, client-bound workers, ledger.
 
-Input: the level's records (``RECORD_SCHEMA`` table), its run.json entry and
-the optional telemetry samples of the level. Output: ``LevelSummary``.
+Input: the level's records (``RECORD_SCHEMA`` table), its ``LevelEntry`` from
+run.json and the optional telemetry samples of the level. Output: ``LevelSummary``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from loadgen.analysis.ledger import Ledger
+from loadgen.analysis.health import ClientBoundRule, p99_by_worker
 from loadgen.analysis.metrics import (
     MISSING,
     NS_PER_MS,
@@ -24,8 +25,7 @@ from loadgen.analysis.metrics import (
 )
 from loadgen.analysis.transient import StepResponse, step_response
 from loadgen.config import AnalysisConfig, ClusterConfig, SLOConfig
-
-OPEN_LOOP_MODES = ("rate", "trace")
+from loadgen.rundir import Ledger, LevelEntry, LoadMode
 
 
 @dataclass
@@ -33,7 +33,7 @@ class LevelSummary:
     """A level's identity, metrics and verdicts."""
 
     level: int
-    mode: str  # rate | concurrency | trace
+    mode: LoadMode
     value: float  # req/s, streams or time-scale, as configured
     offered_rps: Optional[float]  # planned arrivals / sending time (None for closed loop)
     window_start_ns: int
@@ -50,10 +50,13 @@ class LevelSummary:
     stopped_early: Optional[str] = None  # reason the runner cut the level short (queues growing)
     step: Optional[StepResponse] = None  # step/burst levels: time to first success and to the new rate
 
+    def __post_init__(self) -> None:
+        self.mode = LoadMode(self.mode)
+
     @property
     def open_loop(self) -> bool:
         """Whether arrivals followed a schedule (rate or trace) rather than closed-loop streams."""
-        return self.mode in OPEN_LOOP_MODES
+        return self.mode.open_loop
 
     @property
     def load(self) -> float:
@@ -68,9 +71,9 @@ class LevelSummary:
         return self.kept_up and self.slo_met and self.stopped_early is None
 
 
-def steady_window(meta: Mapping[str, Any], times: RequestTimes) -> Window:
+def steady_window(entry: LevelEntry, times: RequestTimes) -> Window:
     """The level's steady window from run.json, else the span of its scheduled send times."""
-    start, end = meta.get("steady_start_ns"), meta.get("steady_end_ns")
+    start, end = entry.steady_start_ns, entry.steady_end_ns
     if start is not None and end is not None and end > start:
         return Window(int(start), int(end))
     t = times.scheduled[times.scheduled != MISSING]
@@ -79,57 +82,38 @@ def steady_window(meta: Mapping[str, Any], times: RequestTimes) -> Window:
     return Window(int(t.min()), int(t.max()) + 1)
 
 
-def worker_lags(
-    worker_id: np.ndarray, lag_ms: np.ndarray, threshold_ms: float, what: str
-) -> dict[int, str]:
-    """Workers whose p99 of ``lag_ms`` exceeds the threshold, each with the reason in words."""
-    keep = np.isfinite(lag_ms)
-    worker_id, lag_ms = worker_id[keep], lag_ms[keep]
-    if worker_id.size == 0:
-        return {}
-    order = np.argsort(worker_id, kind="stable")
-    ids, starts = np.unique(worker_id[order], return_index=True)
-    out = {}
-    for wid, lags in zip(ids, np.split(lag_ms[order], starts[1:])):
-        p99 = float(np.percentile(lags, 99))
-        if p99 > threshold_ms:
-            out[int(wid)] = f"worker {int(wid)}: {what} p99 {p99:.1f} ms > {threshold_ms:g} ms"
-    return out
-
-
 def client_bound(
     times: RequestTimes,
     loop_lag_ms: np.ndarray,
-    meta: Mapping[str, Any],
+    entry: LevelEntry,
     telemetry: Optional[pa.Table],
-    cluster: ClusterConfig,
+    rule: ClientBoundRule,
 ) -> tuple[list[int], list[str]]:
     """Workers whose schedule lag or event-loop lag marks the level client-bound, and why.
 
-    Flagged by run.json (``client_bound_workers``), by the per-request schedule
-    lag and loop lag in the records, or by the workers' loop-lag telemetry.
+    ``ClientBoundRule`` is applied to the per-request lags in the records, to
+    the workers' loop-lag telemetry, and to the p99s each worker reported for
+    the level in run.json.
     """
     lag, valid = times.schedule_lag()
-    found = worker_lags(
-        times.worker_id[valid], lag[valid] / NS_PER_MS, cluster.schedule_lag_warn_ms, "schedule lag"
-    )
-    sources = [(times.worker_id, loop_lag_ms)]
+    schedule = [p99_by_worker(times.worker_id[valid], lag[valid] / NS_PER_MS)]
+    loop = [p99_by_worker(times.worker_id, loop_lag_ms)]
     if telemetry is not None and telemetry.num_rows:
-        sources.append(
-            (
+        loop.append(
+            p99_by_worker(
                 pc.fill_null(telemetry.column("worker_id"), -1).to_numpy(),
                 pc.fill_null(telemetry.column("loop_lag_ms"), np.nan).to_numpy().astype(np.float64),
             )
         )
-    for wid, lags in sources:
-        for w, why in worker_lags(wid, lags, cluster.loop_lag_warn_ms, "event-loop lag").items():
+    loop.append({w.worker_id: w.loop_lag_ms_p99 for w in entry.workers})
+    if entry.mode.open_loop:
+        schedule.append({w.worker_id: w.schedule_lag_ms_p99 for w in entry.workers if w.sent})
+    found: dict[int, str] = {}
+    for judged in [rule.judge({}, p99s) for p99s in schedule] + [rule.judge(p99s) for p99s in loop]:
+        for w, why in judged.items():
             found.setdefault(w, why)
-    for w in meta.get("client_bound_workers") or []:
-        found.setdefault(int(w), f"worker {int(w)}: flagged by the runner")
-    if meta.get("client_bound") and not found:
-        found[-1] = "flagged by the runner"
     workers = sorted(w for w in found if w >= 0)
-    return workers, [found[w] for w in sorted(found)]
+    return workers, [found[w] for w in workers]
 
 
 def judge(
@@ -165,7 +149,7 @@ def judge(
 
 def summarize_level(
     table: pa.Table,
-    meta: Mapping[str, Any],
+    entry: LevelEntry,
     slo: SLOConfig,
     analysis: AnalysisConfig,
     cluster: ClusterConfig,
@@ -173,38 +157,36 @@ def summarize_level(
 ) -> LevelSummary:
     """Summarise and judge one level from its records and its run.json entry."""
     times = RequestTimes.from_table(table)
-    window = steady_window(meta, times)
+    window = steady_window(entry, times)
     status_counts = {
         str(s["values"]): int(s["counts"]) for s in pc.value_counts(table.column("status")).to_pylist()
     }
-    ledger = (
-        Ledger.from_meta(meta["ledger"], records=table.num_rows)
-        if meta.get("ledger")
-        else Ledger.from_status_counts(status_counts)
-    )
-    offered = meta.get("offered_rps")
+    if entry.ledger is not None:
+        ledger = dataclasses.replace(entry.ledger, records=table.num_rows, source="run.json")
+    else:
+        ledger = Ledger.from_status_counts(status_counts)
     summary = LevelSummary(
-        level=int(meta["level"]),
-        mode=str(meta.get("mode") or "rate"),
-        value=float(meta.get("value") if meta.get("value") is not None else offered or 0.0),
-        offered_rps=None if offered is None else float(offered),
+        level=entry.level,
+        mode=entry.mode,
+        value=entry.value,
+        offered_rps=entry.offered_rps,
         window_start_ns=window.start_ns,
         window_end_ns=window.end_ns,
         metrics=level_metrics(table, window, slo, times),
         ledger=ledger,
-        stopped_early=meta.get("stopped_early") or None,
+        stopped_early=entry.stopped_early or None,
     )
     summary.keep_up_ratio, summary.kept_up, summary.slo_met, summary.failures = judge(summary, slo, analysis)
     if summary.stopped_early:
         summary.failures.append(f"stopped early: {summary.stopped_early}")
     loop_lag = pc.fill_null(table.column("loop_lag_ms"), np.nan).to_numpy().astype(np.float64)
     summary.client_bound_workers, summary.client_bound_reasons = client_bound(
-        times, loop_lag, meta, telemetry, cluster
+        times, loop_lag, entry, telemetry, ClientBoundRule.of(cluster)
     )
     summary.client_bound = bool(summary.client_bound_reasons)
-    if meta.get("step_at_ns") is not None:
+    if entry.step_at_ns is not None:
         summary.step = step_response(
-            times.scheduled, times.end, times.ok, int(meta["step_at_ns"]), summary.value,
-            str(meta.get("shape") or "step"), tolerance=analysis.saturation_tolerance,
+            times.scheduled, times.end, times.ok, int(entry.step_at_ns), summary.value,
+            entry.shape, tolerance=analysis.saturation_tolerance,
         )
     return summary

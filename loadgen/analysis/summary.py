@@ -18,20 +18,26 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from loadgen.analysis.capacity import CapacityPlan, GoodputCapacity, goodput_capacity, plan_capacity
-from loadgen.analysis.ledger import Ledger
 from loadgen.analysis.level import LevelSummary, summarize_level
 from loadgen.analysis.metrics import METRIC_COLUMNS, Dist
-from loadgen.analysis.rundir import (
-    config_section,
-    iter_level_tables,
-    read_run_json,
-    read_telemetry,
-    records_root,
-    scrub,
-)
 from loadgen.analysis.saturation import Knee, Saturation, knee_point, saturation_point
 from loadgen.config import AnalysisConfig, ClusterConfig, SLOConfig
-from loadgen.records import RECORD_SCHEMA, STATUSES
+from loadgen.rundir import (
+    RECORD_SCHEMA,
+    STATUSES,
+    Ledger,
+    LevelEntry,
+    LoadMode,
+    RunMeta,
+    iter_level_tables,
+    read_level,
+    read_meta,
+    read_telemetry,
+    run_records_root,
+    scrub,
+)
+from loadgen.rundir.layout import SUMMARY_JSON, SUMMARY_PARQUET, run_file
+from loadgen.rundir.meta import dataclass_from_dict
 
 
 @dataclass
@@ -92,6 +98,47 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def _settings(
+    meta: Optional[RunMeta],
+    slo: Optional[SLOConfig],
+    analysis: Optional[AnalysisConfig],
+    cluster: Optional[ClusterConfig],
+) -> tuple[SLOConfig, AnalysisConfig, ClusterConfig]:
+    """The judging settings: those given, else those saved in run.json, else the defaults."""
+
+    def section(cls: type, name: str) -> Any:
+        return dataclass_from_dict(cls, meta.config_section(name) if meta is not None else {})
+
+    return (
+        slo or section(SLOConfig, "slo"),
+        analysis or section(AnalysisConfig, "analysis"),
+        cluster or section(ClusterConfig, "cluster"),
+    )
+
+
+def _level_telemetry(telemetry: Optional[pa.Table], level: int) -> Optional[pa.Table]:
+    if telemetry is not None and "level" in telemetry.column_names:
+        return telemetry.filter(pc.equal(telemetry.column("level"), level))
+    return telemetry
+
+
+def analyze_level(
+    run_dir: str,
+    level: int,
+    slo: Optional[SLOConfig] = None,
+    analysis: Optional[AnalysisConfig] = None,
+    cluster: Optional[ClusterConfig] = None,
+) -> LevelSummary:
+    """Summarise and judge one level of a run from its own records alone (``load=search`` after each level)."""
+    meta = read_meta(run_dir)
+    slo, analysis, cluster = _settings(meta, slo, analysis, cluster)
+    entry = next((lv for lv in meta.levels if lv.level == level), None) if meta is not None else None
+    if entry is None:
+        raise ValueError(f"level {level} has no entry in {run_file(run_dir, 'run.json')}")
+    table = read_level(run_records_root(run_dir, meta), level, METRIC_COLUMNS)
+    return summarize_level(table, entry, slo, analysis, cluster, _level_telemetry(read_telemetry(run_dir), level))
+
+
 def analyze_run(
     run_dir: str,
     slo: Optional[SLOConfig] = None,
@@ -99,42 +146,45 @@ def analyze_run(
     cluster: Optional[ClusterConfig] = None,
 ) -> RunSummary:
     """Analyse a run directory; SLO, analysis and cluster settings default to those in its run.json."""
-    meta = read_run_json(run_dir)
-    config = meta.get("config") or {}
-    slo = slo or config_section(SLOConfig, config, "slo")
-    analysis = analysis or config_section(AnalysisConfig, config, "analysis")
-    cluster = cluster or config_section(ClusterConfig, config, "cluster")
+    meta = read_meta(run_dir)
+    slo, analysis, cluster = _settings(meta, slo, analysis, cluster)
+    config = meta.config if meta is not None else {}
     telemetry = read_telemetry(run_dir)
-    level_meta = {int(m["level"]): m for m in meta.get("levels") or []}
-    default_mode = "concurrency" if (config.get("load") or {}).get("kind") == "concurrency" else "rate"
+    entries = {lv.level: lv for lv in meta.levels} if meta is not None else {}
+    default_mode = LoadMode.CONCURRENCY if (config.get("load") or {}).get("kind") == "concurrency" else LoadMode.RATE
     notes = []
-    if not meta:
+    if meta is None:
         notes.append("run.json is missing: levels, windows and ledgers were derived from the records alone")
-    elif meta.get("status") not in (None, "complete"):
-        status = meta.get("status")
-        why = {"running": "still running, or killed", "interrupted": "stopped by Ctrl-C/SIGTERM", "failed": "it failed"}.get(status, status)
-        notes.append(f"the run did not finish (status '{status}': {why}): results cover what was recorded")
+    elif meta.status != "complete":
+        why = {"running": "still running, or killed", "interrupted": "stopped by Ctrl-C/SIGTERM", "failed": "it failed"}
+        reason = f": {meta.reason}" if meta.reason else ""
+        notes.append(
+            f"the run did not finish (status '{meta.status.value}': {why.get(meta.status.value, '')}{reason}): "
+            "results cover what was recorded"
+        )
     notes += _run_notes(meta)
 
     levels: list[LevelSummary] = []
     seen = set()
-    for level, table in iter_level_tables(records_root(run_dir, meta), METRIC_COLUMNS + ["level_value"]):
+    for level, table in iter_level_tables(run_records_root(run_dir, meta), METRIC_COLUMNS + ["level_value"]):
         seen.add(level)
-        lm = level_meta.get(level)
-        if lm is None:
+        entry = entries.get(level)
+        if entry is None:
             values = pc.unique(table.column("level_value")).drop_null().to_pylist()
-            lm = {"level": level, "mode": default_mode, "value": values[0] if values else 0.0}
-            lm["offered_rps"] = lm["value"] if default_mode == "rate" else None
-            if meta:
+            value = float(values[0]) if values else 0.0
+            entry = LevelEntry(
+                level=level,
+                mode=default_mode,
+                value=value,
+                offered_rps=value if default_mode is LoadMode.RATE else None,
+            )
+            if meta is not None:
                 notes.append(f"level {level} has records but no entry in run.json")
-        tel = telemetry
-        if tel is not None and "level" in tel.column_names:
-            tel = tel.filter(pc.equal(tel.column("level"), level))
-        levels.append(summarize_level(table, lm, slo, analysis, cluster, tel))
+        levels.append(summarize_level(table, entry, slo, analysis, cluster, _level_telemetry(telemetry, level)))
         del table  # free this level's records as soon as it is summarised
-    for level, lm in sorted(level_meta.items()):
+    for level, entry in sorted(entries.items()):
         if level not in seen:
-            levels.append(summarize_level(RECORD_SCHEMA.empty_table(), lm, slo, analysis, cluster))
+            levels.append(summarize_level(RECORD_SCHEMA.empty_table(), entry, slo, analysis, cluster))
 
     levels.sort(key=lambda lv: lv.level)
     if levels and not any(lv.metrics.streamed for lv in levels) and (slo.ttft_ms or slo.tpot_ms):
@@ -146,11 +196,12 @@ def analyze_run(
             notes.append(f"level {lv.level} has no requests in its steady window: left out of the verdicts")
     saturation = saturation_point(measured, slo.percentile, analysis)
     gcap = goodput_capacity(measured, slo.attainment)
+    info = {k: v for k, v in meta.to_dict().items() if k not in ("config", "levels")} if meta is not None else {}
     return RunSummary(
-        run_id=str(meta.get("run_id") or os.path.basename(os.path.normpath(run_dir))),
+        run_id=(meta.run_id if meta is not None and meta.run_id else os.path.basename(os.path.normpath(run_dir))),
         run_dir=run_dir,
-        status=str(meta.get("status") or "unknown"),
-        info=scrub({k: v for k, v in meta.items() if k not in ("config", "levels")}),
+        status=meta.status.value if meta is not None else "unknown",
+        info=scrub(info),
         config=scrub(config),
         slo=slo,
         analysis=analysis,
@@ -164,14 +215,16 @@ def analyze_run(
     )
 
 
-def _run_notes(meta: dict[str, Any]) -> list[str]:
+def _run_notes(meta: Optional[RunMeta]) -> list[str]:
     """What run.json says went missing: lost workers, skipped trace rows, workload notes."""
+    if meta is None:
+        return []
     notes = []
-    for w in meta.get("workers") or []:
+    for w in meta.workers:
         if w.get("alive") is False:
             why = f": {w['lost_reason']}" if w.get("lost_reason") else ""
             notes.append(f"worker {w.get('worker_id')} was lost during the run{why}")
-    workload = meta.get("workload") or {}
+    workload = meta.workload
     skipped = {k: v for k, v in (workload.get("skipped") or {}).items() if v}
     if skipped:
         notes.append("trace rows skipped: " + ", ".join(f"{v:,} ({k})" for k, v in skipped.items()))
@@ -200,7 +253,7 @@ def _plan(sat: Saturation, gcap: GoodputCapacity, analysis: AnalysisConfig) -> O
 
 
 DIST_NAMES = ("ttft", "queued_ttft", "itl", "tpot", "e2e", "queued_e2e", "normalized", "schedule_lag")
-_ERROR_CLASSES = tuple(s for s in STATUSES if s != "ok")
+_NOT_OK = tuple(s for s in STATUSES if s != "ok")
 
 
 def level_rows(summary: RunSummary) -> list[dict[str, Any]]:
@@ -211,7 +264,7 @@ def level_rows(summary: RunSummary) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "run_id": summary.run_id,
             "level": lv.level,
-            "mode": lv.mode,
+            "mode": lv.mode.value,
             "value": lv.value,
             "offered_rps": lv.offered_rps,
             "load": lv.load,
@@ -231,7 +284,7 @@ def level_rows(summary: RunSummary) -> list[dict[str, Any]]:
             d: Dist = getattr(m, name)
             for stat in ("mean", "p50", "p90", "p95", "p99", "p999", "max"):
                 row[f"{name}_{stat}_ms"] = getattr(d, stat)
-        for cls in _ERROR_CLASSES:
+        for cls in _NOT_OK:
             row[f"errors_{cls}"] = m.errors.get(cls, 0)
         row.update(
             keep_up_ratio=lv.keep_up_ratio,
@@ -251,11 +304,11 @@ def level_rows(summary: RunSummary) -> list[dict[str, Any]]:
 def write_summary(run_dir: str, summary: RunSummary) -> tuple[str, str]:
     """Write ``summary.json`` (everything) and ``summary.parquet`` (one row per level); return their paths."""
     os.makedirs(run_dir, exist_ok=True)
-    json_path = os.path.join(run_dir, "summary.json")
+    json_path = run_file(run_dir, SUMMARY_JSON)
     with open(json_path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(summary.to_dict(), f, indent=2, ensure_ascii=False)
     os.replace(json_path + ".tmp", json_path)
-    pq_path = os.path.join(run_dir, "summary.parquet")
+    pq_path = run_file(run_dir, SUMMARY_PARQUET)
     rows = level_rows(summary)
     table = pa.Table.from_pylist(rows) if rows else pa.table({"level": pa.array([], pa.int32())})
     pq.write_table(table, pq_path + ".tmp")

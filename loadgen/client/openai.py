@@ -1,7 +1,7 @@
 """OpenAI-compatible request bodies: completions and chat, with each engine's exact-length fields.
 
 Input: a request-table row and the target config. Output: the URL path and the
-JSON body bytes to POST. Bodies are built before a level starts, off the hot path.
+JSON body bytes to POST. A worker builds each body the first time its row is sent (during the level) and keeps it for reuse.
 """
 
 from __future__ import annotations

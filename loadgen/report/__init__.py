@@ -43,7 +43,10 @@ def report_run(
     write_summary(out_dir, summary)
     render_terminal(summary, console)
     if summary.analysis.plots if plots is None else plots:
-        write_html(summary, out_dir, write_plots(summary, out_dir))
+        written = write_plots(summary, out_dir)
+        html = write_html(summary, out_dir, written)
+        if console is not None:
+            console.print(f"plots: {', '.join(os.path.basename(p) for p in written)}; report: {html}", highlight=False)
     return summary
 
 

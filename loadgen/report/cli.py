@@ -14,9 +14,11 @@ from typing import Optional, Sequence, TypeVar
 
 from rich.console import Console
 
-from loadgen.analysis.rundir import RunDirError, config_section, read_run_json
 from loadgen.config import AnalysisConfig, ConfigError, LoadgenConfig, SLOConfig, validate
 from loadgen.report import compare_runs, report_run
+from loadgen.rundir import RunDirError, read_meta
+from loadgen.rundir.layout import RUN_JSON, records_root, run_file
+from loadgen.rundir.meta import dataclass_from_dict
 
 T = TypeVar("T")
 
@@ -94,13 +96,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if missing:
         console.print(f"loadgen-report: not a directory: {', '.join(missing)}", style="red", markup=False, soft_wrap=True)
         return 2
-    empty = [d for d in args.run_dirs if not os.path.exists(os.path.join(d, "run.json")) and not os.path.isdir(os.path.join(d, "records"))]
+    empty = [d for d in args.run_dirs if not os.path.exists(run_file(d, RUN_JSON)) and not os.path.isdir(records_root(d))]
     if empty:
         console.print(f"loadgen-report: no run.json or records/ in {', '.join(empty)} — is this a loadgen run directory?",
                       style="red", markup=False, soft_wrap=True)
         return 2
     try:
-        config = read_run_json(args.run_dirs[0]).get("config") or {}
+        meta = read_meta(args.run_dirs[0])
+        config = meta.config if meta is not None else {}
         slo = _apply(SLOConfig, config, args, "slo")
         analysis = _apply(AnalysisConfig, config, args, "analysis")
         validate(LoadgenConfig(slo=slo, analysis=analysis))
@@ -121,7 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _apply(cls: type[T], config: dict, args: argparse.Namespace, section: str) -> T:
     """The run's config section with the options given on the command line applied over it."""
     given = {f.name: getattr(args, f"{section}_{f.name}") for f in dataclasses.fields(cls) if hasattr(args, f"{section}_{f.name}")}
-    return dataclasses.replace(config_section(cls, config, section), **given)
+    return dataclasses.replace(dataclass_from_dict(cls, config.get(section)), **given)
 
 
 if __name__ == "__main__":

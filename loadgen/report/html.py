@@ -14,9 +14,9 @@ import os
 from typing import Iterable, Optional, Sequence
 
 from loadgen.analysis import Comparison, LevelSummary, RunSummary
-from loadgen.analysis.rundir import scrub
-from loadgen.records import STATUSES
 from loadgen.report.verdicts import load_words, num, pct, slo_words, verdicts
+from loadgen.rundir import ERROR_STATUSES, scrub
+from loadgen.rundir.layout import REPORT_HTML, run_file
 
 CSS = """
 body{font:14px/1.45 -apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1320px;color:#222;padding:0 16px}
@@ -104,7 +104,7 @@ def _omission_table(summary: RunSummary) -> str:
 
 
 def _ledger_table(summary: RunSummary) -> str:
-    classes = [s for s in STATUSES if s not in ("ok", "cancelled")]
+    classes = list(ERROR_STATUSES)
     header = ["level", "planned", "sent", "not sent", "ok", *classes, "cancelled", "lost", "records", "source", "closes"]
     rows = []
     for lv in _levels(summary) + [None]:
@@ -195,7 +195,7 @@ def write_html(summary: RunSummary, out_dir: str, plots: Optional[Sequence[str]]
     """
     if plots is None:
         plots = [p for p in (os.path.join(out_dir, n) for n in RUN_PLOTS) if os.path.exists(p)]
-    return _write(os.path.join(out_dir, "report.html"), render_html(summary, plots))
+    return _write(run_file(out_dir, REPORT_HTML), render_html(summary, plots))
 
 
 def write_comparison_html(comparison: Comparison, summaries: Sequence[RunSummary], out_dir: str, plots: Sequence[str] = ()) -> str:

@@ -24,9 +24,9 @@ from matplotlib.ticker import FuncFormatter
 from loadgen.analysis import LevelSummary, RunSummary
 from loadgen.analysis.compare import run_labels
 from loadgen.analysis.metrics import CDF_PERCENTILES, MISSING, NS_PER_S, in_flight_at
-from loadgen.analysis.rundir import iter_level_tables, read_run_json, read_server_metrics, read_telemetry, records_root
 from loadgen.config import ClusterConfig
 from loadgen.report.verdicts import load_words, num
+from loadgen.rundir import iter_level_tables, read_meta, read_server_metrics, read_telemetry, run_records_root
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 DPI = 110
@@ -218,9 +218,8 @@ def _server_series(metrics: pa.Table, t0: int) -> dict[str, tuple[np.ndarray, np
 
 def timeline_figure(summary: RunSummary, path: str, points: int = 2000) -> Optional[str]:
     """In-flight requests (loadgen) with the server's running/waiting queues and KV-cache use over time; loop lag."""
-    meta = read_run_json(summary.run_dir)
     sent, end = [], []
-    for _, table in iter_level_tables(records_root(summary.run_dir, meta), ["sent_ns", "end_ns"]):
+    for _, table in iter_level_tables(run_records_root(summary.run_dir, read_meta(summary.run_dir)), ["sent_ns", "end_ns"]):
         sent.append(pc.fill_null(table.column("sent_ns"), MISSING).to_numpy())
         end.append(pc.fill_null(table.column("end_ns"), MISSING).to_numpy())
     start = np.concatenate(sent) if sent else np.empty(0, np.int64)

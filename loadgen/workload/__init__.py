@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import pyarrow as pa
 
 from loadgen.config import ConfigError, WorkloadConfig
-from loadgen.workload import azure, burstgpt, generic, mooncake, reshape, sharegpt, synthetic
+from loadgen.workload import azure, burstgpt, empirical, generic, mooncake, reshape, sharegpt, synthetic
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.parse import csv_header
 from loadgen.workload.prompts import Synthesizer, synthesize
@@ -84,6 +84,14 @@ def read_rows(cfg: WorkloadConfig, synth: Optional[Synthesizer] = None) -> tuple
     notes += shaped
     rows = reshape.transform(rows, src, cfg, notes)
     return src, rows, notes
+
+
+def _trace_rows(path: str) -> pa.Table:
+    """A trace file's rows, its format detected from the file (for empirical length distributions)."""
+    return read_rows(empirical.trace_config(path, detect_kind(path)))[1]
+
+
+empirical.use_reader(_trace_rows)
 
 
 def _empty(src: Source) -> WorkloadError:

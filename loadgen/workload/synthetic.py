@@ -7,7 +7,6 @@ no arrival times (``loadgen.schedule`` draws arrivals from the load config).
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from typing import Iterator
@@ -16,12 +15,13 @@ import numpy as np
 import pyarrow as pa
 
 from loadgen.config import ConfigError, LengthDist, WorkloadConfig
+from loadgen.workload.empirical import COLUMNS as _EMPIRICAL_COLUMNS
+from loadgen.workload.empirical import empirical_values
 from loadgen.workload.errors import RowIssues
 from loadgen.workload.prompts import Synthesizer
 from loadgen.workload.trace import Source, request_ids, row_batch
 
 DISTS = ("fixed", "uniform", "normal", "lognormal", "empirical")
-_EMPIRICAL_COLUMNS = ("input_tokens", "output_tokens")
 _BATCH = 1 << 16
 
 
@@ -74,20 +74,6 @@ def draw_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> tuple[np
         raw = rng.choice(values, size=n).astype(np.float64)
     clipped = int(np.count_nonzero((raw < dist.min) | (raw > dist.max)))
     return np.clip(raw, dist.min, dist.max).astype(np.int64), clipped
-
-
-@functools.lru_cache(maxsize=4)
-def _trace_lengths(path: str, mtime: float) -> pa.Table:
-    from loadgen.workload import detect_kind, read_rows
-
-    _, rows, _ = read_rows(WorkloadConfig(kind=detect_kind(path), path=path))
-    return rows.select(list(_EMPIRICAL_COLUMNS))
-
-
-def empirical_values(path: str, column: str) -> np.ndarray:
-    """The lengths in one column of a trace, read through this package (format detected from the file)."""
-    table = _trace_lengths(path, os.path.getmtime(path))
-    return table.column(column).to_numpy()
 
 
 def read(cfg: WorkloadConfig, synth: Synthesizer) -> Source:

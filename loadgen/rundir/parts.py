@@ -1,8 +1,8 @@
-"""The per-request record schema and the crash-safe Parquet part writer.
+"""Writing records and other tables as crash-safe Parquet parts.
 
-Input: per-request timings collected by a worker (column lists). Output:
-``run_dir/records/level=K/worker=W/part-N.parquet`` files, each written under a
-temporary name and renamed when complete, so every file on disk is readable at
+Input: finished request records (one dict each, keys from ``RECORD_SCHEMA``),
+or any Arrow table. Output: complete Parquet files, each written under a
+temporary name and renamed when closed, so every file on disk is readable at
 every moment and a hard kill loses at most one flush interval.
 """
 
@@ -16,48 +16,17 @@ from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-#: Every record has exactly these columns; times are int64 ns on the run-wide clock.
-RECORD_SCHEMA = pa.schema(
-    [
-        pa.field("run_id", pa.string()),
-        pa.field("level", pa.int32()),
-        pa.field("level_value", pa.float64()),
-        pa.field("worker_id", pa.int32()),
-        pa.field("node_id", pa.string()),
-        pa.field("request_id", pa.string()),
-        pa.field("response_id", pa.string()),
-        pa.field("session_id", pa.string()),
-        pa.field("turn", pa.int32()),
-        pa.field("scheduled_ns", pa.int64()),
-        pa.field("sent_ns", pa.int64()),
-        pa.field("first_byte_ns", pa.int64()),
-        pa.field("first_token_ns", pa.int64()),
-        pa.field("end_ns", pa.int64()),
-        pa.field("input_tokens", pa.int32()),
-        pa.field("prompt_tokens", pa.int32()),
-        pa.field("output_tokens_expected", pa.int32()),
-        pa.field("output_tokens", pa.int32()),
-        pa.field("chunk_ns", pa.list_(pa.int64())),
-        pa.field("status", pa.string()),
-        pa.field("http_status", pa.int32()),
-        pa.field("error", pa.string()),
-        pa.field("loop_lag_ms", pa.float32()),
-        pa.field("attempts", pa.int32()),
-        pa.field("clock_uncertainty_ns", pa.int64()),
-    ]
-)
-
-RECORD_FIELDS: tuple[str, ...] = tuple(RECORD_SCHEMA.names)
-
-#: Values of the ``status`` column.
-STATUSES = ("ok", "http_error", "timeout", "connection_error", "protocol_error", "cancelled")
-
+from loadgen.rundir.schema import RECORD_FIELDS, RECORD_SCHEMA
 
 _SCALAR_FIELDS = tuple(n for n in RECORD_FIELDS if n != "chunk_ns")
+_KNOWN = frozenset(RECORD_FIELDS)
+
+
+class RecordError(KeyError):
+    """A record carries a key the record schema does not have (a typo would otherwise lose the value)."""
 
 
 @dataclass
@@ -86,7 +55,13 @@ class RecordBuffer:
         self.offsets = array("q", [0])
 
     def append(self, row: dict[str, Any]) -> None:
-        """Add one record (missing fields become null, a missing chunk_ns an empty list)."""
+        """Add one record; fields it does not set are null (``chunk_ns``: empty).
+
+        Raises ``RecordError`` for a key that is not a record column.
+        """
+        if not _KNOWN.issuperset(row):
+            unknown = sorted(set(row) - _KNOWN)
+            raise RecordError(f"record fields {unknown} are not in RECORD_SCHEMA (loadgen.rundir.schema)")
         for name, col in self.columns.items():
             col.append(row.get(name))
         chunk_ns = row.get("chunk_ns")
@@ -149,26 +124,9 @@ class PartWriter:
         return final
 
 
-def records_dir(run_dir: str) -> str:
-    """Where a run's records live."""
-    return os.path.join(run_dir, "records")
-
-
-def part_dir(records_uri: str, level: int, worker_id: int) -> str:
-    """The hive partition directory of one (level, worker) under a records root."""
-    return f"{records_uri.rstrip('/')}/level={level}/worker={worker_id}"
-
-
-def read_records(run_dir_or_uri: str, columns: Optional[list[str]] = None) -> pa.Table:
-    """Read a run's whole record dataset (hive-partitioned) as one table with RECORD_SCHEMA."""
-    fs, root = resolve_fs(run_dir_or_uri)
-    if fs.get_file_info(f"{root}/records").type == pafs.FileType.Directory:
-        root = f"{root}/records"
-    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
-    files = sorted(
-        i.path for i in fs.get_file_info(selector) if i.path.endswith(".parquet") and "/." not in i.path
-    )
-    if not files:
-        return RECORD_SCHEMA.empty_table().select(columns) if columns else RECORD_SCHEMA.empty_table()
-    dataset = ds.dataset(files, schema=RECORD_SCHEMA, filesystem=fs, format="parquet")
-    return dataset.to_table(columns=columns)
+def write_table_atomically(table: pa.Table, path: str) -> str:
+    """Write one Parquet file under a temporary name, then rename it to ``path``; return ``path``."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
