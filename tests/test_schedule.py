@@ -11,10 +11,10 @@ from loadgen.schedule import (
     LevelSpec,
     RequestCursor,
     arrival_offsets,
-    shaped_offsets,
     plan_closed_loop,
     plan_open_loop,
     plan_trace,
+    shaped_offsets,
     shard,
 )
 from loadgen.workload.table import REQUEST_SCHEMA, Workload

@@ -11,7 +11,6 @@ from loadgen.config import WorkloadConfig
 from loadgen.workload import REQUEST_SCHEMA, WorkloadError, load, read_rows
 from traces import TRACES, needs_traces
 
-
 HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
 
 

@@ -13,7 +13,6 @@ from loadgen.config import LengthDist, WorkloadConfig
 from loadgen.workload import WorkloadError, detect_kind, load
 from traces import TRACES, needs_traces
 
-
 LOG = (
     "ts,prompt_len,completion_len,conv,idx\n"
     "3.5,10,5,,\n"  # line 2: a standalone request, logged late
