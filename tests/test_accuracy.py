@@ -6,12 +6,12 @@ import asyncio
 
 import numpy as np
 import pyarrow.parquet as pq
-from test_worker import shard
 
 from loadgen.config import ClusterConfig, SimProfile, TargetConfig
 from loadgen.rundir import read_records
 from loadgen.sim import start_sim
 from loadgen.worker import LevelRun, TargetSpec, WorkerCore
+from test_worker import shard
 
 
 def test_records_match_the_simulators_ground_truth(tmp_path):

@@ -31,6 +31,7 @@ from loadgen.analysis import (
     search_bracket,
     summarize_level,
 )
+from loadgen.analysis.keepup import KeepUp
 from loadgen.analysis.level import judge
 from loadgen.analysis.metrics import peak_in_flight
 from loadgen.config import AnalysisConfig, ClusterConfig, LoadConfig, SLOConfig
@@ -225,11 +226,15 @@ def level(n: int, load: float, achieved: float, ttft_p99: float = 100.0, attainm
           slo: SLOConfig = SLOConfig(ttft_ms=500.0, tpot_ms=None), analysis: AnalysisConfig = AnalysisConfig()) -> LevelSummary:
     """A judged level built from its headline numbers."""
     m = LevelMetrics(window_s=10.0, requests=int(load * 10), expected=int(load * 10), completed=int(achieved * 10), achieved_rps=achieved,
-                     scheduled_rps=load, output_tok_s=tok_s, attainment=attainment,
+                     scheduled_rps=load, output_tok_s=tok_s, attainment=attainment, goodput_rps=achieved * attainment,
                      slo_percentiles={"ttft_ms": ttft_p99})
     m.e2e.p50 = e2e_p50
     lv = LevelSummary(level=n, mode=mode, value=load, offered_rps=load if mode == "rate" else None,
                       window_start_ns=0, window_end_ns=10, metrics=m, ledger=Ledger())
+    if mode == "rate":
+        ratio = achieved / load
+        lv.keep_up = KeepUp(offered_rps=load, served_rps=achieved, ratio=ratio, kept_up=ratio >= analysis.saturation_tolerance,
+                            reason=f"served {achieved} of {load} req/s")
     lv.keep_up_ratio, lv.kept_up, lv.slo_met, lv.failures = judge(lv, slo, analysis)
     return lv
 
@@ -245,7 +250,7 @@ def test_saturation_is_last_level_before_first_failure():
     sat = saturation_point(levels, 99.0, AnalysisConfig())
     assert sat.level == 2 and sat.load == 8 and sat.throughput_rps == 7.5
     assert sat.reached and sat.first_failing_level == 3
-    assert "completed 120 requests in the window < 0.9 × 160 expected" in sat.reason
+    assert "served 12.0 of 16 req/s" in sat.reason
     assert "kept up" in sat.rule
 
 
@@ -303,15 +308,26 @@ def test_goodput_capacity_interpolates_between_bracketing_levels():
     ]
     cap = goodput_capacity(levels, 0.9)
     frac = (0.98 - 0.9) / (0.98 - 0.80)
-    assert cap.rate == pytest.approx(8 + frac * 4)  # 9.78 req/s
+    # on achieved goodput: 8 × 0.98 = 7.84 and 11 × 0.80 = 8.8 req/s
+    assert cap.rate == pytest.approx(7.84 + frac * (8.8 - 7.84))
     assert cap.output_tok_s == pytest.approx(800 + frac * 300)
     assert (cap.lower_level, cap.upper_level) == (1, 2)
-    assert (cap.lower_rate, cap.upper_rate) == (8, 12)
+    assert (cap.lower_rate, cap.upper_rate) == (pytest.approx(7.84), pytest.approx(8.8))
+
+
+def test_goodput_capacity_is_never_above_the_best_goodput_delivered():
+    # The README's old run: 24 offered served 23.7; 30 offered served 22.0 (most requests too slow).
+    # Interpolating on offered load gave 27.4 req/s, more than any level served.
+    levels = [level(0, 18, 18.8, attainment=1.0), level(1, 24, 23.7, attainment=0.97), level(2, 30, 22.0, attainment=0.10)]
+    cap = goodput_capacity(levels, 0.9)
+    best = max(lv.metrics.goodput_rps for lv in levels)
+    assert cap.rate is not None and cap.rate <= best and cap.best_goodput == best
+    assert cap.rate <= 23.7
 
 
 def test_goodput_capacity_edges():
     above = goodput_capacity([level(0, 4, 4, attainment=1.0), level(1, 8, 8, attainment=0.95)], 0.9)
-    assert above.rate is None and above.at_least and above.lower_rate == 8
+    assert above.at_least and above.rate == above.lower_rate == pytest.approx(7.6) and "not bracketed" in above.reason
     below = goodput_capacity([level(0, 4, 4, attainment=0.5), level(1, 8, 8, attainment=0.95)], 0.9)
     assert below.rate is None and not below.at_least
     assert "lowest level" in below.reason

@@ -162,9 +162,10 @@ def test_terminal_table_and_capacity_verdicts(run_dir):
     render_terminal(analyze_run(run_dir), Console(file=buf, width=250))
     text = buf.getvalue()
     assert "saturated at 10.0 req/s offered (level 1)" in text
-    # Goodput capacity: attainment 100 % at 10 req/s, 0 % at 20 req/s -> 10 + (1 - 0.9) / 1 × 10 = 11 req/s
-    assert "Goodput capacity 11.0 req/s" in text
-    assert "100 req/s needs 10 replicas" in text  # ceil(100 / 11) = 10
+    # Goodput capacity: 100 % within SLO at 10 req/s offered, which served 9.38 req/s of good requests;
+    # 0 % at 20 req/s. The capacity is what was served within SLO (interpolating on offered load said 11).
+    assert "Goodput capacity 9.38 req/s" in text
+    assert "100 req/s needs 11 replicas" in text  # ceil(100 / 9.38) = 11
     assert "closes" in text
 
 

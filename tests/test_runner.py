@@ -7,7 +7,6 @@ import json
 import time
 
 import numpy as np
-from test_worker import FakeServer, shard
 
 from loadgen.analysis import ClientBoundRule, analyze_run
 from loadgen.config import ClusterConfig, LoadConfig, LoadgenConfig, TargetConfig
@@ -15,6 +14,7 @@ from loadgen.rundir import LevelEntry, RunMeta, RunStatus
 from loadgen.runner import RunState, _level_entry
 from loadgen.schedule import LevelPlan, LevelSpec
 from loadgen.worker import LevelRun, TargetSpec, WorkerCore
+from test_worker import FakeServer, shard
 
 
 async def _level(tmp_path, hog: bool):

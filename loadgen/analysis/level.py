@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loadgen.analysis.health import ClientBoundRule, p99_by_worker
+from loadgen.analysis.keepup import KeepUp, keep_up
 from loadgen.analysis.metrics import (
     MISSING,
     NS_PER_MS,
@@ -26,6 +27,9 @@ from loadgen.analysis.metrics import (
 from loadgen.analysis.transient import StepResponse, step_response
 from loadgen.config import AnalysisConfig, ClusterConfig, SLOConfig
 from loadgen.rundir import Ledger, LevelEntry, LoadMode
+
+#: ``LevelEntry.stopped_early`` of a level the user stopped: not a verdict on the server.
+INTERRUPTED = "interrupted"
 
 
 @dataclass
@@ -40,10 +44,14 @@ class LevelSummary:
     window_end_ns: int
     metrics: LevelMetrics
     ledger: Ledger
-    keep_up_ratio: Optional[float] = None  # achieved / load scheduled in the window (open loop)
-    kept_up: bool = True  # achieved >= saturation_tolerance * offered in the window (open loop)
+    keep_up_ratio: Optional[float] = None  # served / offered in the window, by Little's law (open loop)
+    kept_up: bool = True  # served >= saturation_tolerance * offered, less 1σ (open loop)
+    keep_up: Optional[KeepUp] = None  # the figures the keep-up judgement rests on (open loop)
+    judged: bool = True  # False: too short to judge, or interrupted; left out of the run's verdicts
+    not_judged: str = ""  # why the level was not judged
     slo_met: bool = True  # slo.percentile of every set SLO within its bound
     failures: list[str] = field(default_factory=list)  # why kept_up or slo_met is False, in words
+    notes: list[str] = field(default_factory=list)  # caveats that are not failures (e.g. too few samples for a percentile)
     client_bound: bool = False
     client_bound_workers: list[int] = field(default_factory=list)
     client_bound_reasons: list[str] = field(default_factory=list)
@@ -68,7 +76,7 @@ class LevelSummary:
     @property
     def passed(self) -> bool:
         """Kept up, met its SLOs and was not stopped early for growing queues."""
-        return self.kept_up and self.slo_met and self.stopped_early is None
+        return self.judged and self.kept_up and self.slo_met and self.stopped_early is None
 
 
 def steady_window(entry: LevelEntry, times: RequestTimes) -> Window:
@@ -119,21 +127,24 @@ def client_bound(
 def judge(
     level: LevelSummary, slo: SLOConfig, analysis: AnalysisConfig
 ) -> tuple[Optional[float], bool, bool, list[str]]:
-    """Keep-up ratio, kept_up, slo_met and the failures in words, for a level's metrics."""
+    """Keep-up ratio, kept_up, slo_met and the failures in words, for a judged level.
+
+    Keeping up is ``level.keep_up``'s verdict (Little's law on the in-flight
+    count, open loop only); errors beyond ``1 − saturation_tolerance`` of the
+    window's requests also mean the server did not keep up.
+    """
     m = level.metrics
     failures = []
     ratio = None
     kept_up = True
-    if level.open_loop:
-        # Completions vs what the window should hold, allowing one standard deviation of
-        # count noise (Poisson): few requests cannot prove a shortfall of a few percent.
-        ratio = m.completed / m.expected if m.expected > 0 else None
-        kept_up = ratio is not None and bool(m.completed >= analysis.saturation_tolerance * m.expected - np.sqrt(m.expected))
+    ku = level.keep_up
+    if level.open_loop and ku is not None:
+        ratio, kept_up = ku.ratio, ku.kept_up
         if not kept_up:
-            failures.append(
-                f"completed {m.completed:,} requests in the window < {analysis.saturation_tolerance:g} × "
-                f"{m.expected:,} expected (−1σ) at {m.scheduled_rps:,.4g} req/s scheduled"
-            )
+            failures.append(ku.reason)
+    if m.requests and m.error_rate > 1.0 - analysis.saturation_tolerance:
+        kept_up = False
+        failures.append(f"{m.error_rate:.0%} of the window's requests failed (> {1.0 - analysis.saturation_tolerance:.0%})")
     slo_met = True
     for key, value in m.slo_percentiles.items():
         bound = getattr(slo, key)
@@ -176,8 +187,14 @@ def summarize_level(
         ledger=ledger,
         stopped_early=entry.stopped_early or None,
     )
+    if summary.open_loop:
+        summary.keep_up = keep_up(times, window, entry.start_ns, analysis.saturation_tolerance)
+        if not summary.keep_up.judgeable:
+            summary.judged, summary.not_judged = False, summary.keep_up.reason
+    if summary.stopped_early == INTERRUPTED:
+        summary.judged, summary.not_judged = False, "interrupted (Ctrl-C/SIGTERM) before it ended"
     summary.keep_up_ratio, summary.kept_up, summary.slo_met, summary.failures = judge(summary, slo, analysis)
-    if summary.stopped_early:
+    if summary.stopped_early and summary.stopped_early != INTERRUPTED:
         summary.failures.append(f"stopped early: {summary.stopped_early}")
     loop_lag = pc.fill_null(table.column("loop_lag_ms"), np.nan).to_numpy().astype(np.float64)
     summary.client_bound_workers, summary.client_bound_reasons = client_bound(

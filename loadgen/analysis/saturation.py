@@ -19,8 +19,9 @@ from loadgen.analysis.metrics import MISSING, RequestTimes
 from loadgen.config import AnalysisConfig, LoadConfig
 
 OPEN_RULE = (
-    "highest offered load, scanning upwards, up to which every level kept up "
-    "(completed in its window ≥ {tol:g} × scheduled in it, less one σ of count noise) and met its p{pct:g} SLOs"
+    "highest offered load, scanning upwards, up to which every judged level kept up "
+    "(served ≥ {tol:g} × offered by Little's law: offered less the growth of requests in flight, "
+    "less one σ) and met its p{pct:g} SLOs"
 )
 CLOSED_RULE = (
     "highest concurrency, scanning upwards, up to which every level met its p{pct:g} SLOs and "
@@ -75,6 +76,8 @@ def saturation_point(levels: Sequence[LevelSummary], slo_percentile: float, anal
     the first failing one, so a level past a failure never counts even if it
     passes by chance.
     """
+    unjudged = [lv for lv in levels if not lv.judged]
+    levels = [lv for lv in levels if lv.judged]
     open_levels = sorted((lv for lv in levels if lv.open_loop), key=lambda lv: lv.load)
     if open_levels:
         scan = open_levels
@@ -83,7 +86,8 @@ def saturation_point(levels: Sequence[LevelSummary], slo_percentile: float, anal
         scan = sorted(levels, key=lambda lv: lv.value)
         rule = CLOSED_RULE.format(pct=slo_percentile, eff=analysis.scaling_efficiency)
     if not scan:
-        return Saturation(rule=rule, reason="no levels were measured")
+        why = "; ".join(f"level {lv.level}: {lv.not_judged}" for lv in unjudged) or "no levels were measured"
+        return Saturation(rule=rule, reason=f"cannot tell: no level could be judged ({why})")
     last: Optional[LevelSummary] = None
     for i, lv in enumerate(scan):
         reasons = list(lv.failures)

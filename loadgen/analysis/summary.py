@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from loadgen.analysis.capacity import CapacityPlan, GoodputCapacity, goodput_capacity, plan_capacity
+from loadgen.analysis.confidence import too_few_notes
 from loadgen.analysis.level import LevelSummary, summarize_level
 from loadgen.analysis.metrics import METRIC_COLUMNS, Dist
 from loadgen.analysis.saturation import Knee, Saturation, knee_point, saturation_point
@@ -70,7 +71,7 @@ class RunSummary:
         if first is None:
             return False
         failing = next(lv for lv in self.levels if lv.level == first)
-        return level.open_loop == failing.open_loop and level.load >= failing.load
+        return level.judged and level.open_loop == failing.open_loop and level.load >= failing.load
 
     @property
     def client_bound_levels(self) -> list[int]:
@@ -187,6 +188,8 @@ def analyze_run(
             levels.append(summarize_level(RECORD_SCHEMA.empty_table(), entry, slo, analysis, cluster))
 
     levels.sort(key=lambda lv: lv.level)
+    for lv in levels:
+        lv.notes += _sample_notes(lv, slo)
     if levels and not any(lv.metrics.streamed for lv in levels) and (slo.ttft_ms or slo.tpot_ms):
         notes.append("no level streamed tokens: TTFT and TPOT objectives were not applied")
     ledger = sum((lv.ledger for lv in levels), Ledger(source=levels[0].ledger.source if levels else "records", records=0))
@@ -194,6 +197,8 @@ def analyze_run(
     for lv in levels:
         if not lv.metrics.requests:
             notes.append(f"level {lv.level} has no requests in its steady window: left out of the verdicts")
+        elif not lv.judged:
+            notes.append(f"level {lv.level} was not judged: {lv.not_judged}")
     saturation = saturation_point(measured, slo.percentile, analysis)
     gcap = goodput_capacity(measured, slo.attainment)
     info = {k: v for k, v in meta.to_dict().items() if k not in ("config", "levels")} if meta is not None else {}
@@ -213,6 +218,12 @@ def analyze_run(
         plan=_plan(saturation, gcap, analysis),
         notes=notes,
     )
+
+
+def _sample_notes(lv: LevelSummary, slo: SLOConfig) -> list[str]:
+    """The level's SLO percentiles that rest on too few samples to bound (a note, not a failure)."""
+    counts = {key[:-3].upper(): getattr(lv.metrics, key[:-3]).count for key in lv.metrics.slo_percentiles}
+    return too_few_notes(slo.percentile, counts)
 
 
 def _run_notes(meta: Optional[RunMeta]) -> list[str]:
@@ -237,7 +248,8 @@ def _plan(sat: Saturation, gcap: GoodputCapacity, analysis: AnalysisConfig) -> O
     if analysis.target_rate is None and analysis.price_per_replica_hour is None:
         return None
     if gcap.rate is not None:
-        rate, tok, basis, lower = gcap.rate, gcap.output_tok_s, "goodput capacity", False
+        basis = "goodput capacity" + (" (not bracketed: a lower bound)" if gcap.at_least else "")
+        rate, tok, lower = gcap.rate, gcap.output_tok_s, gcap.at_least
     elif sat.throughput_rps:
         rate, tok, basis, lower = sat.throughput_rps, sat.output_tok_s, "saturation throughput", not sat.reached
     else:
@@ -249,6 +261,7 @@ def _plan(sat: Saturation, gcap: GoodputCapacity, analysis: AnalysisConfig) -> O
         output_tok_s=tok,
         price_per_replica_hour=analysis.price_per_replica_hour,
         lower_bound=lower,
+        bracket=(gcap.lower_rate, gcap.upper_rate) if gcap.rate is not None and not gcap.at_least else None,
     )
 
 

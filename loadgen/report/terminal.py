@@ -16,11 +16,15 @@ from loadgen.report.verdicts import num, pct, verdicts
 
 def _flags(summary: RunSummary, lv: LevelSummary) -> str:
     flags = []
-    if summary.saturated(lv):
+    if lv.stopped_early == "interrupted":
+        flags.append("interrupted")
+    elif not lv.judged:
+        flags.append("too short to judge")
+    elif summary.saturated(lv):
         flags.append("saturated")
     elif not lv.slo_met:
         flags.append("SLO miss")
-    if lv.stopped_early:
+    if lv.stopped_early and lv.stopped_early != "interrupted":
         flags.append("stopped early")
     if lv.client_bound:
         flags.append("client-bound")

@@ -68,21 +68,30 @@ def knee_sentence(summary: RunSummary) -> str:
 
 
 def capacity_sentence(summary: RunSummary) -> str:
-    """The goodput capacity with its bracket."""
+    """The goodput capacity with the bracket it came from, consistent with the saturation verdict."""
     cap, slo = summary.goodput_capacity, summary.slo
     target = f"≥ {cap.attainment:.0%} of requests within {slo_words(slo)}"
+    if cap.at_least and cap.rate is not None:
+        return (
+            f"Goodput capacity ≥ {num(cap.rate)} req/s ({target}): not bracketed, every judged level met the target "
+            f"(highest: level {cap.lower_level}); raise the levels to find it."
+        )
     if cap.rate is not None:
-        return (
-            f"Goodput capacity {num(cap.rate)} req/s ({target}), interpolated on {cap.rate_axis} between "
-            f"{num(cap.lower_rate)} req/s (level {cap.lower_level}: {pct(cap.lower_attainment)}) and "
-            f"{num(cap.upper_rate)} req/s (level {cap.upper_level}: {pct(cap.upper_attainment)})."
+        text = (
+            f"Goodput capacity {num(cap.rate)} req/s ({target}), between the goodput of level {cap.lower_level} "
+            f"({num(cap.lower_rate)} req/s, {pct(cap.lower_attainment)} within SLO) and level {cap.upper_level} "
+            f"({num(cap.upper_rate)} req/s, {pct(cap.upper_attainment)}); the best any level delivered was {num(cap.best_goodput)} req/s."
         )
-    if cap.at_least:
-        return (
-            f"Goodput capacity ≥ {num(cap.lower_rate)} req/s ({target}): every level met the target, "
-            "so the capacity lies above the highest level."
+    else:
+        text = f"No goodput capacity ({target}): {cap.reason}."
+    sat = summary.saturation
+    if sat.level is None and sat.first_failing_level is not None and cap.rate is not None:
+        # Both verdicts hold at once: the saturation rule asks every request's p-tile, goodput only a share.
+        text += (
+            f" The saturation rule failed even the lowest level (its p{slo.percentile:g} objective or keeping up), "
+            f"while {cap.attainment:.0%} of requests still met the SLOs up to this rate."
         )
-    return f"No goodput capacity ({target}): {cap.reason}."
+    return text
 
 
 def plan_sentences(summary: RunSummary) -> list[str]:
@@ -96,9 +105,16 @@ def plan_sentences(summary: RunSummary) -> list[str]:
     out = []
     if plan.replicas is not None:
         bound = "at most " if plan.lower_bound else ""
+        spread = ""
+        if plan.replicas_range and plan.replicas_range[0] != plan.replicas_range[1]:
+            lo, hi = plan.bracket or (None, None)
+            spread = (
+                f" (from {plan.replicas_range[0]} to {plan.replicas_range[1]} across the capacity's bracket, "
+                f"{num(hi)} to {num(lo)} req/s per replica)"
+            )
         out.append(
             f"{num(plan.target_rps)} req/s needs {bound}{plan.replicas} replica{'s' if plan.replicas != 1 else ''} "
-            f"at {basis}, leaving {plan.margin:.0%} spare capacity."
+            f"at {basis}{spread}, leaving {plan.margin:.0%} spare capacity."
         )
     if plan.cost_per_million_tokens is not None:
         out.append(
@@ -107,7 +123,7 @@ def plan_sentences(summary: RunSummary) -> list[str]:
             + (f" (${plan.cost_per_hour:,.2f}/h for the fleet)." if plan.cost_per_hour is not None else ".")
         )
     if plan.lower_bound:
-        out.append("The server never saturated, so its capacity is at least the figure above: measure higher levels to tighten it.")
+        out.append("The capacity was not bracketed, so it is at least the figure above and the replica count an upper bound: measure higher levels to tighten it.")
     return out
 
 

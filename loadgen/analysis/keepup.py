@@ -1,0 +1,119 @@
+"""Whether an open-loop level kept up with its arrivals, judged by Little's law, or why it cannot be judged.
+
+Input: a level's per-request times (``RequestTimes``), its steady window and
+its common start. Output: ``KeepUp``. A server that keeps up holds a steady
+number of requests in flight (Little's law: N = λ × W); one that falls behind
+accumulates them, at the rate arrivals outpace completions. So the rate the
+server served is the offered rate less the growth of the in-flight count over
+the window: μ = λ − dN/dt. Unlike counting completions inside the window, this
+does not mistake requests that are simply long (still in flight at the
+window's end) for requests the server failed to serve.
+
+It needs a window that starts after the level's ramp (the first requests'
+service time, while in-flight climbs from zero) and holds several service
+times; otherwise the level is too short to judge, never "saturated".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from loadgen.analysis.metrics import MISSING, NS_PER_S, RequestTimes, Window, in_flight_at
+
+#: In-flight samples taken over the window.
+SAMPLES = 200
+#: The window must hold this many service times, and the warm-up one.
+WINDOW_SERVICES = 2.0
+RAMP_SERVICES = 1.0
+
+
+@dataclass
+class KeepUp:
+    """The keep-up judgement of one open-loop level, with the figures it rests on."""
+
+    offered_rps: float = 0.0  # λ: requests scheduled in the window / window seconds
+    growth_rps: float = 0.0  # dN/dt: least-squares slope of the in-flight count over the window
+    growth_se: float = 0.0  # its standard error (samples one service time apart count as independent)
+    served_rps: float = 0.0  # λ − max(0, dN/dt)
+    ratio: Optional[float] = None  # served / offered
+    service_s: Optional[float] = None  # time a request holds the server: p50(end − first token) + p5(TTFT)
+    needed_s: Optional[float] = None  # the level length this latency needs (warm-up + window)
+    judgeable: bool = True
+    kept_up: bool = True
+    reason: str = ""  # why it did not keep up, or why it cannot be judged
+
+
+def service_time_s(times: RequestTimes) -> Optional[float]:
+    """How long a request holds the server once admitted: median decode span plus the quickest TTFTs.
+
+    Queueing shows in TTFT, so the 5th percentile of TTFT stands for the
+    unqueued prefill; a non-streamed request's span is its E2E (p50).
+    """
+    ttft, t_ok = times.ttft()
+    d_ok = (times.first_token != MISSING) & (times.end != MISSING) & times.ok
+    decode = times.end - times.first_token
+    t_ok &= times.ok
+    if np.any(t_ok) and np.any(d_ok):
+        return float(np.percentile(decode[d_ok], 50) + np.percentile(ttft[t_ok], 5)) / NS_PER_S
+    e2e, e_ok = times.e2e()
+    e_ok &= times.ok
+    return float(np.percentile(e2e[e_ok], 50)) / NS_PER_S if np.any(e_ok) else None
+
+
+def in_flight_growth(times: RequestTimes, window: Window) -> tuple[float, float, float]:
+    """Slope (req/s), its naive standard error and the residual std of the in-flight count over the window."""
+    sent = times.sent != MISSING
+    t = np.linspace(window.start_ns, window.end_ns, SAMPLES, endpoint=False).astype(np.int64)
+    n = in_flight_at(times.sent[sent], times.end[sent], t).astype(np.float64)
+    x = (t - t[0]) / NS_PER_S
+    slope, intercept = np.polyfit(x, n, 1)
+    resid = n - (slope * x + intercept)
+    s = float(np.std(resid, ddof=2))
+    se = s / float(np.sqrt(np.sum((x - x.mean()) ** 2))) if x.size > 2 else float("inf")
+    return float(slope), se, s
+
+
+def keep_up(times: RequestTimes, window: Window, level_start_ns: Optional[int], tolerance: float) -> KeepUp:
+    """Judge whether the level kept up: served ≥ ``tolerance`` × offered, less one standard error of the growth."""
+    out = KeepUp()
+    seconds = window.seconds
+    if seconds <= 0:
+        out.judgeable, out.kept_up, out.reason = False, False, "the level has no steady window"
+        return out
+    out.offered_rps = float(np.count_nonzero(window.contains(times.scheduled))) / seconds
+    out.service_s = service_time_s(times)
+    if out.service_s is None:
+        out.kept_up = False
+        out.reason = "no request completed: the server served nothing"
+        return out
+    ramp_s = (window.start_ns - level_start_ns) / NS_PER_S if level_start_ns is not None else float("inf")
+    out.needed_s = RAMP_SERVICES * out.service_s + WINDOW_SERVICES * out.service_s
+    if ramp_s < RAMP_SERVICES * out.service_s or seconds < WINDOW_SERVICES * out.service_s:
+        out.judgeable = False
+        out.reason = (
+            f"too short to judge: a request holds the server {out.service_s:.3g} s, so the level needs a warm-up of "
+            f"≥ {RAMP_SERVICES * out.service_s:.3g} s and a steady window of ≥ {WINDOW_SERVICES * out.service_s:.3g} s "
+            f"(it had {ramp_s:.3g} s and {seconds:.3g} s)"
+        )
+        return out
+    slope, se, _ = in_flight_growth(times, window)
+    # Samples closer than one service time apart are correlated: count one per service time.
+    independent = max(2.0, seconds / max(out.service_s, seconds / SAMPLES))
+    out.growth_rps = slope
+    out.growth_se = se * float(np.sqrt(SAMPLES / independent))
+    out.served_rps = out.offered_rps - max(0.0, slope)
+    if out.offered_rps <= 0:
+        out.ratio = None
+        return out
+    out.ratio = out.served_rps / out.offered_rps
+    allowance = out.growth_se / out.offered_rps
+    out.kept_up = bool(out.ratio >= tolerance - allowance)
+    if not out.kept_up:
+        out.reason = (
+            f"in-flight requests grew {slope:,.3g} req/s over the window (± {out.growth_se:,.2g}): the server served "
+            f"{out.served_rps:,.4g} of {out.offered_rps:,.4g} req/s offered ({out.ratio:.0%} < {tolerance:g}, less 1σ)"
+        )
+    return out
