@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from loadgen.analysis.confidence import Interval, effective_count, order_stat_ranks
 from loadgen.config import SLOConfig
 
 #: Marks a null time in the int64 arrays below (real times are positive epoch nanoseconds).
@@ -24,6 +25,8 @@ NS_PER_MS = 1e6
 NS_PER_S = 1e9
 #: The percentiles reported for every distribution.
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+#: Their names in ``Dist`` and in ``Dist.ci``.
+PERCENTILE_NAMES = ("p50", "p90", "p95", "p99", "p999")
 #: Percentiles sampled for distribution plots: 0 to 99.99, evenly spaced in -log10(1 - q).
 CDF_PERCENTILES = tuple(float(q) for q in 100.0 * (1.0 - 10.0 ** -np.linspace(0.0, 4.0, 41)))
 #: Record columns the metrics read (everything except ids and text).
@@ -50,6 +53,8 @@ class Sample:
 
     def __init__(self, values: np.ndarray, weights: Optional[np.ndarray] = None) -> None:
         self.size = int(values.size)
+        # Weighted (ITL): the effective sample size sets the width of the confidence intervals.
+        self.effective_size = effective_count(weights, self.size)
         self.mean = float(np.average(values, weights=weights)) if self.size else float("nan")
         if weights is None:
             self.sorted = np.sort(_narrow(values))
@@ -78,11 +83,29 @@ class Sample:
         low = v[lo].astype(np.float64)
         return low + frac * (v[hi].astype(np.float64) - low)
 
+    def _order_stat(self, rank: Optional[int]) -> Optional[float]:
+        """The rank-th smallest (1-based) of ``effective_size`` values; None for no rank.
+
+        Weighted, rank r of n_eff is read at the same fraction (r − 1)/(n_eff − 1) of the weighted sample.
+        """
+        if rank is None:
+            return None
+        if self.cum is None:
+            return float(self.sorted[rank - 1])
+        fraction = (rank - 1) / (self.effective_size - 1) if self.effective_size > 1 else 0.0
+        return float(self.quantiles([100.0 * fraction])[0])
+
+    def interval(self, percentile: float) -> Interval:
+        """95 % order-statistic bounds (input units) on a percentile (0–100); None where too few samples."""
+        lo, hi = order_stat_ranks(self.effective_size, float(percentile))
+        return self._order_stat(lo), self._order_stat(hi)
+
     def dist_ms(self) -> Dist:
-        """The reported summary, converted from ns to ms."""
+        """The reported summary with each percentile's confidence interval, converted from ns to ms."""
         if self.size == 0:
             return Dist()
         p = self.quantiles(PERCENTILES) / NS_PER_MS
+        ci = {name: _ms(self.interval(q)) for name, q in zip(PERCENTILE_NAMES, PERCENTILES)}
         return Dist(
             count=self.size,
             mean=self.mean / NS_PER_MS,
@@ -92,11 +115,17 @@ class Sample:
             p99=float(p[3]),
             p999=float(p[4]),
             max=float(self.sorted[-1]) / NS_PER_MS,
+            ci=ci,
         )
 
     def cdf_ms(self) -> list[float]:
         """The distribution at ``CDF_PERCENTILES``, in ms (empty for no data)."""
         return [float(v) for v in self.quantiles(CDF_PERCENTILES) / NS_PER_MS] if self.size else []
+
+
+def _ms(bounds: Interval) -> Interval:
+    """An interval in ns as ms (None stays None)."""
+    return tuple(None if b is None else b / NS_PER_MS for b in bounds)  # type: ignore[return-value]
 
 
 def _narrow(values: np.ndarray) -> np.ndarray:
@@ -113,7 +142,12 @@ def quantiles(values: np.ndarray, qs: Sequence[float], weights: Optional[np.ndar
 
 @dataclass
 class Dist:
-    """One latency distribution in milliseconds: count, mean, percentiles, max (None when empty)."""
+    """One latency distribution in milliseconds: count, mean, percentiles, max (None when empty).
+
+    ``ci`` holds each percentile's 95 % confidence interval (low, high) in ms,
+    keyed like the fields (p50 … p999); a side is None when the sample is too
+    small to bound it (see ``loadgen.analysis.confidence``).
+    """
 
     count: int = 0
     mean: Optional[float] = None
@@ -123,6 +157,7 @@ class Dist:
     p99: Optional[float] = None
     p999: Optional[float] = None
     max: Optional[float] = None
+    ci: dict[str, Interval] = field(default_factory=dict)
 
     @classmethod
     def of(cls, values_ns: np.ndarray, weights: Optional[np.ndarray] = None) -> Dist:

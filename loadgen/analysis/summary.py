@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from loadgen.analysis.capacity import CapacityPlan, GoodputCapacity, goodput_capacity, plan_capacity
 from loadgen.analysis.confidence import too_few_notes
 from loadgen.analysis.level import LevelSummary, summarize_level
-from loadgen.analysis.metrics import METRIC_COLUMNS, Dist
+from loadgen.analysis.metrics import METRIC_COLUMNS, PERCENTILE_NAMES, Dist
 from loadgen.analysis.saturation import Knee, Saturation, knee_point, saturation_point
 from loadgen.config import AnalysisConfig, ClusterConfig, SLOConfig
 from loadgen.rundir import (
@@ -297,6 +297,8 @@ def level_rows(summary: RunSummary) -> list[dict[str, Any]]:
             d: Dist = getattr(m, name)
             for stat in ("mean", "p50", "p90", "p95", "p99", "p999", "max"):
                 row[f"{name}_{stat}_ms"] = getattr(d, stat)
+            for stat in PERCENTILE_NAMES:  # 95 % order-statistic bounds (None: too few samples)
+                row[f"{name}_{stat}_lo_ms"], row[f"{name}_{stat}_hi_ms"] = d.ci.get(stat, (None, None))
         for cls in _NOT_OK:
             row[f"errors_{cls}"] = m.errors.get(cls, 0)
         row.update(
@@ -309,6 +311,7 @@ def level_rows(summary: RunSummary) -> list[dict[str, Any]]:
             client_bound_workers=lv.client_bound_workers,
             ledger_closes=lv.ledger.closes,
             failures=lv.failures,
+            notes=lv.notes,
         )
         rows.append(_finite(row))
     return rows
