@@ -157,6 +157,7 @@ class LoadConfig:
     arrival: str = "poisson"  # constant | poisson | gamma (open-loop levels)
     burstiness: float = 1.0  # gamma shape^-1: 1 = Poisson, >1 burstier, <1 smoother
     duration_s: float = 10.0  # length of each level's sending phase
+    max_duration_s: float = 120.0  # rate levels are stretched up to this when requests are long (warm-up ≥ 1, window ≥ 2 service times)
     max_requests: int = 5000  # per-level cap on requests sent
     warmup_s: float = 2.0  # excluded from the steady-state window at the start of a level
     drain_s: float = 30.0  # after sending stops, how long in-flight requests may finish

@@ -10,6 +10,7 @@ cleanly on Ctrl-C/SIGTERM, shut down.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import platform
@@ -25,7 +26,7 @@ from rich.console import Console
 
 import loadgen
 from loadgen import cluster as clusters
-from loadgen.analysis import ClientBoundRule
+from loadgen.analysis import ClientBoundRule, LevelSummary, analyze_level
 from loadgen.clock import now_ns
 from loadgen.config import LoadgenConfig, api_key, redact
 from loadgen.progress import LevelProgress
@@ -177,6 +178,51 @@ def _nodes() -> list[dict[str, object]]:
     ]
 
 
+class LevelTimer:
+    """Sizes each open-loop level to the latency it measures, so every level can be judged.
+
+    A level is judged on a steady window that starts after its ramp (one
+    service time: in-flight climbs from zero) and holds several service times
+    (``loadgen.analysis.keepup``). The timer learns the longest service time
+    seen so far and stretches the next rate level's warm-up and sending phase
+    to fit it, up to ``load.max_duration_s``; a level found too short is run
+    again, stretched, once.
+    """
+
+    def __init__(self, cfg: LoadgenConfig) -> None:
+        self.cfg = cfg
+        self.service_s: Optional[float] = None
+
+    def config_for(self, spec: LevelSpec) -> LoadgenConfig:
+        """The config a level runs with: the user's, with warm-up and duration stretched when needed."""
+        load = self.cfg.load
+        if spec.mode is not LoadMode.RATE or self.service_s is None or load.shape != "steady":
+            return self.cfg
+        warmup = max(load.warmup_s, RAMP_MARGIN * self.service_s)
+        duration = min(max(load.duration_s, warmup + WINDOW_MARGIN * self.service_s), max(load.max_duration_s, load.duration_s))
+        warmup = min(warmup, duration / 2)
+        # The last requests of the window must have time to be answered (the keep-up rule follows them).
+        drain = max(load.drain_s, DRAIN_MARGIN * self.service_s)
+        if duration == load.duration_s and warmup == load.warmup_s and drain == load.drain_s:
+            return self.cfg
+        stretched = dataclasses.replace(load, duration_s=duration, warmup_s=warmup, drain_s=drain)
+        return dataclasses.replace(self.cfg, load=stretched)
+
+    def learn(self, level: LevelSummary) -> bool:
+        """Take in a judged level's service time; True when it was too short and a stretch would help."""
+        ku = level.keep_up
+        if ku is None or ku.service_s is None:
+            return False
+        self.service_s = max(self.service_s or 0.0, ku.service_s)
+        return not level.judged and level.stopped_early is None and ku.needed_s is not None
+
+
+#: Warm-up and window as multiples of the service time, a little above what the analysis needs.
+RAMP_MARGIN = 1.25
+WINDOW_MARGIN = 2.5
+DRAIN_MARGIN = 3.0
+
+
 def _run_levels(
     cfg: LoadgenConfig,
     workload,
@@ -189,21 +235,43 @@ def _run_levels(
     """Run the configured levels (or the adaptive search) until done, stopped, or out of time."""
     cursor = RequestCursor(workload)
     deadline = time.monotonic() + cfg.max_run_s
-    specs = level_specs(cfg.load)
+    timer = LevelTimer(cfg)
+
+    def run_level(spec: LevelSpec, n_levels: int = 0) -> LevelSummary:
+        level_cfg = timer.config_for(spec)
+        _run_one(level_cfg, cursor, spec, pool, state, console, stop, n_levels)
+        return analyze_level(state.run_dir, spec.index, cfg.slo, cfg.analysis, cfg.cluster)
+
     if cfg.load.kind == "search":
         from loadgen.search import run_search
 
-        run_search(
-            cfg, lambda spec: _run_one(cfg, cursor, spec, pool, state, console, stop, 0), state.run_dir, stop, deadline
-        )
+        def searched(spec: LevelSpec) -> LevelSummary:
+            level = run_level(spec)
+            timer.learn(level)
+            return level
+
+        run_search(cfg, searched, stop, deadline)
         return
-    for spec in specs:
+    values = [spec for spec in level_specs(cfg.load)]
+    index = 0
+    retried: set[float] = set()
+    while values:
         if stop.is_set():
             break
         if time.monotonic() > deadline:
             console.print(f"[yellow]max_run_s={cfg.max_run_s:g} reached: the remaining levels are skipped[/]")
             break
-        _run_one(cfg, cursor, spec, pool, state, console, stop, len(specs))
+        spec = dataclasses.replace(values[0], index=index)
+        level = run_level(spec, index + len(values))
+        index += 1
+        if timer.learn(level) and spec.value not in retried and timer.config_for(spec) is not cfg:
+            retried.add(spec.value)
+            console.print(
+                f"[yellow]level {spec.index} was too short to judge at this latency "
+                f"(a request holds the server {timer.service_s:.3g} s): running {spec.value:g} {spec.mode.unit} again, longer[/]"
+            )
+            continue
+        values.pop(0)
 
 
 def _run_one(

@@ -36,7 +36,8 @@ def arrival_offsets(
     """Send offsets (s) of an open-loop arrival process at ``rate`` req/s within ``duration_s``.
 
     The count is exact (round(rate x duration), less half the ramp), so a level
-    offers the load it names; the randomness is in the spacing. ``constant``:
+    offers the load it names; the randomness is in the spacing. When
+    ``max_count`` is smaller, the arrivals stop early at the same rate. ``constant``:
     offsets k / rate. ``poisson``: sorted uniform points, i.e. a Poisson process
     conditioned on its count (exponential gaps). ``gamma``: gamma gaps with
     squared coefficient of variation ``burstiness`` (1 = Poisson-like, larger is
@@ -51,6 +52,9 @@ def arrival_offsets(
     ramp_up_s = min(ramp_up_s, duration_s)
     span = rate * (duration_s - ramp_up_s / 2.0)  # expected arrivals, in unit-rate time
     n = int(min(max_count, max(1, round(span))))
+    if n < round(span):
+        # A request cap ends the level early at the named rate; it never spreads fewer arrivals thinner.
+        span = float(n)
     rng = np.random.default_rng(seed)
     if kind == "constant":
         unit = np.arange(n, dtype=np.float64) * (span / max(round(span), 1))
@@ -203,6 +207,9 @@ def plan_open_loop(
         rows, scheduled = _take_sessions(cursor, offsets)
     table = rows.append_column("scheduled_s", scheduled)
     duration = load.duration_s
+    if load.shape == "steady" and len(offsets) >= load.max_requests and spec.mode is LoadMode.RATE:
+        # Capped: sending ends when the last capped arrival is due, so the level offers its named rate.
+        duration = min(duration, max(load.warmup_s + 1.0 / spec.value, len(offsets) / spec.value))
     return LevelPlan(
         spec=spec,
         shards=shard(table, workers),

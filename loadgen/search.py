@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from typing import Callable
 
-from loadgen.analysis import SearchPoint, analyze_level, next_search_level
+from loadgen.analysis import LevelSummary, SearchPoint, next_search_level
 from loadgen.config import LoadgenConfig
 from loadgen.rundir import LoadMode
 from loadgen.schedule import LevelSpec
@@ -21,19 +21,25 @@ from loadgen.schedule import LevelSpec
 
 def run_search(
     cfg: LoadgenConfig,
-    run_level: Callable[[LevelSpec], dict[str, Any]],
-    run_dir: str,
+    run_level: Callable[[LevelSpec], LevelSummary],
     stop: threading.Event,
     deadline: float,
 ) -> list[SearchPoint]:
-    """Run levels chosen one at a time until the search converges, is stopped, or runs out of time."""
+    """Run levels chosen one at a time until the search converges, is stopped, or runs out of time.
+
+    ``run_level`` runs one level and returns it judged from its own records.
+    A level that could not be judged (too short, interrupted) is not a point.
+    """
     points: list[SearchPoint] = []
+    index = 0
     while not stop.is_set() and time.monotonic() < deadline:
         rate = next_search_level(points, cfg.load)
         if rate is None:
             break
-        index = len(points)
-        run_level(LevelSpec(index=index, mode=LoadMode.RATE, value=float(rate)))
-        level = analyze_level(run_dir, index, slo=cfg.slo, analysis=cfg.analysis, cluster=cfg.cluster)
-        points.append(SearchPoint.of(level))
+        level = run_level(LevelSpec(index=index, mode=LoadMode.RATE, value=float(rate)))
+        index += 1
+        if level.judged:
+            points.append(SearchPoint.of(level))
+        elif index >= cfg.load.search_max_levels:
+            break
     return points

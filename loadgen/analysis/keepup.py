@@ -1,13 +1,16 @@
 """Whether an open-loop level kept up with its arrivals, judged by Little's law, or why it cannot be judged.
 
 Input: a level's per-request times (``RequestTimes``), its steady window and
-its common start. Output: ``KeepUp``. A server that keeps up holds a steady
-number of requests in flight (Little's law: N = λ × W); one that falls behind
-accumulates them, at the rate arrivals outpace completions. So the rate the
-server served is the offered rate less the growth of the in-flight count over
-the window: μ = λ − dN/dt. Unlike counting completions inside the window, this
-does not mistake requests that are simply long (still in flight at the
-window's end) for requests the server failed to serve.
+its common start. Output: ``KeepUp``. A server that keeps up answers each
+request within about its service time (plus a short queue); one that falls
+behind makes every later request wait longer. So the judgement follows each
+request scheduled in the window to its end: kept up when nearly all were
+answered within two service times of their schedule. Unlike counting
+completions inside the window, this does not mistake requests that are simply
+long (still in flight at the window's end) for requests the server failed to
+serve. The rate it did serve is estimated by Little's law: a server that falls
+behind accumulates requests in flight at the rate arrivals outpace it, so
+μ ≈ λ − dN/dt over the window.
 
 It needs a window that starts after the level's ramp (the first requests'
 service time, while in-flight climbs from zero) and holds several service
@@ -25,6 +28,8 @@ from loadgen.analysis.metrics import MISSING, NS_PER_S, RequestTimes, Window, in
 
 #: In-flight samples taken over the window.
 SAMPLES = 200
+#: A request counts as answered in time within this many service times of its schedule.
+LATENCY_SERVICES = 2.0
 #: The window must hold this many service times, and the warm-up one.
 WINDOW_SERVICES = 2.0
 RAMP_SERVICES = 1.0
@@ -39,7 +44,7 @@ class KeepUp:
     growth_se: float = 0.0  # its standard error (samples one service time apart count as independent)
     served_rps: float = 0.0  # λ − max(0, dN/dt)
     ratio: Optional[float] = None  # served / offered
-    service_s: Optional[float] = None  # time a request holds the server: p50(end − first token) + p5(TTFT)
+    service_s: Optional[float] = None  # time a request holds the server: p50(end − first token) + min(TTFT)
     needed_s: Optional[float] = None  # the level length this latency needs (warm-up + window)
     judgeable: bool = True
     kept_up: bool = True
@@ -49,7 +54,7 @@ class KeepUp:
 def service_time_s(times: RequestTimes) -> Optional[float]:
     """How long a request holds the server once admitted: median decode span plus the quickest TTFTs.
 
-    Queueing shows in TTFT, so the 5th percentile of TTFT stands for the
+    Queueing shows in TTFT, so the quickest TTFT stands for the
     unqueued prefill; a non-streamed request's span is its E2E (p50).
     """
     ttft, t_ok = times.ttft()
@@ -57,7 +62,7 @@ def service_time_s(times: RequestTimes) -> Optional[float]:
     decode = times.end - times.first_token
     t_ok &= times.ok
     if np.any(t_ok) and np.any(d_ok):
-        return float(np.percentile(decode[d_ok], 50) + np.percentile(ttft[t_ok], 5)) / NS_PER_S
+        return float(np.percentile(decode[d_ok], 50) + np.min(ttft[t_ok])) / NS_PER_S
     e2e, e_ok = times.e2e()
     e_ok &= times.ok
     return float(np.percentile(e2e[e_ok], 50)) / NS_PER_S if np.any(e_ok) else None
@@ -77,7 +82,7 @@ def in_flight_growth(times: RequestTimes, window: Window) -> tuple[float, float,
 
 
 def keep_up(times: RequestTimes, window: Window, level_start_ns: Optional[int], tolerance: float) -> KeepUp:
-    """Judge whether the level kept up: served ≥ ``tolerance`` × offered, less one standard error of the growth."""
+    """Judge whether the level kept up: ≥ ``tolerance`` of its window's requests answered in time, less 1σ."""
     out = KeepUp()
     seconds = window.seconds
     if seconds <= 0:
@@ -105,9 +110,28 @@ def keep_up(times: RequestTimes, window: Window, level_start_ns: Optional[int], 
     out.growth_rps = slope
     out.growth_se = se * float(np.sqrt(SAMPLES / independent))
     out.served_rps = out.offered_rps - max(0.0, slope)
-    if out.offered_rps <= 0:
+    # The judgement: of the requests scheduled in the window, how many were answered within
+    # LATENCY_SERVICES service times of their schedule. A server that keeps up answers nearly all
+    # of them so; one whose queue grows leaves the later ones waiting far longer. Counting per
+    # request, not completions inside the window, is what keeps long requests from looking lost.
+    scheduled = window.contains(times.scheduled)
+    arrived = int(np.count_nonzero(scheduled))
+    if arrived == 0:
         out.ratio = None
         return out
+    bound_ns = int(LATENCY_SERVICES * out.service_s * NS_PER_S)
+    answered = scheduled & (times.end != MISSING) & (times.end - times.scheduled <= bound_ns)
+    done = int(np.count_nonzero(answered))
+    out.ratio = done / arrived
+    out.kept_up = bool(done >= tolerance * arrived - np.sqrt(arrived))
+    if not out.kept_up:
+        out.reason = (
+            f"{done:,} of the {arrived:,} requests scheduled in the window were answered within "
+            f"{LATENCY_SERVICES:g} service times ({LATENCY_SERVICES * out.service_s:.3g} s) of their schedule "
+            f"({out.ratio:.0%} < {tolerance:g}, less 1σ); in flight grew {max(0.0, slope):,.3g} req/s, so the server "
+            f"served about {out.served_rps:,.4g} of {out.offered_rps:,.4g} req/s offered"
+        )
+    return out
     out.ratio = out.served_rps / out.offered_rps
     allowance = out.growth_se / out.offered_rps
     out.kept_up = bool(out.ratio >= tolerance - allowance)

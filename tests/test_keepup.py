@@ -1,0 +1,75 @@
+"""Keeping up by Little's law, on synthetic levels whose truth is known; and a request cap that keeps the rate."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from loadgen.analysis.keepup import keep_up
+from loadgen.analysis.metrics import RequestTimes, Window
+from loadgen.config import LoadConfig
+from loadgen.rundir import LoadMode
+from loadgen.schedule import LevelSpec, RequestCursor, arrival_offsets, plan_open_loop
+from loadgen.workload.table import REQUEST_SCHEMA, Workload
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+
+
+def fifo_level(rate: float, slots: int, service_s: float, duration_s: float, ttft_s: float = 0.05, seed: int = 0) -> RequestTimes:
+    """Poisson arrivals into a FIFO server with ``slots`` slots, each request holding one for ``service_s``."""
+    rng = np.random.default_rng(seed)
+    n = int(rate * duration_s)
+    arrive = np.sort(rng.uniform(0, duration_s, n))
+    free = np.zeros(slots)
+    start = np.empty(n)
+    for i, a in enumerate(arrive):
+        k = int(np.argmin(free))
+        start[i] = max(a, free[k])
+        free[k] = start[i] + service_s
+    end = start + service_s
+    sched = (T0 + arrive * S).astype(np.int64)
+    return RequestTimes(
+        scheduled=sched, sent=sched, first_token=(T0 + (start + ttft_s) * S).astype(np.int64),
+        end=(T0 + end * S).astype(np.int64), output_tokens=np.full(n, 100), ok=np.ones(n, bool), worker_id=np.zeros(n, np.int64),
+    )
+
+
+def window(warmup_s: float, duration_s: float) -> Window:
+    return Window(T0 + int(warmup_s * S), T0 + int(duration_s * S))
+
+
+def test_long_requests_well_below_capacity_keep_up():
+    # 4 slots, 6 s per request: capacity 0.667 req/s. One third and two thirds of it keep up,
+    # although a 2 s window after a 2 s warm-up would hold almost no completions.
+    for rate in (0.222, 0.444):
+        times = fifo_level(rate, slots=4, service_s=6.0, duration_s=60.0)
+        ku = keep_up(times, window(8.0, 60.0), T0, tolerance=0.9)
+        assert ku.judgeable and ku.kept_up, ku
+
+
+def test_a_growing_queue_is_not_keeping_up_and_the_served_rate_is_the_capacity():
+    times = fifo_level(1.33, slots=4, service_s=6.0, duration_s=60.0)  # twice the 0.667 req/s capacity
+    ku = keep_up(times, window(8.0, 60.0), T0, tolerance=0.9)
+    assert ku.judgeable and not ku.kept_up
+    assert abs(ku.served_rps - 4 / 6.0) < 0.2 and "grew" in ku.reason
+
+
+def test_a_level_shorter_than_its_latency_is_too_short_to_judge_not_saturated():
+    times = fifo_level(0.222, slots=4, service_s=6.0, duration_s=10.0)
+    ku = keep_up(times, window(2.0, 10.0), T0, tolerance=0.9)
+    assert not ku.judgeable and "too short to judge" in ku.reason
+    assert ku.needed_s is not None and ku.needed_s >= 17.0  # warm-up ≥ 6 s + window ≥ 12 s
+
+
+def test_a_request_cap_ends_the_level_early_at_the_named_rate():
+    offsets = arrival_offsets("poisson", 100.0, 600.0, 400, seed=1)
+    assert len(offsets) == 400 and offsets.max() < 4.5  # 400 arrivals at 100 req/s take 4 s, not 600 s
+    table = REQUEST_SCHEMA.empty_table()
+    rows = {name: [None] * 1000 for name in REQUEST_SCHEMA.names}
+    rows["request_id"] = [f"r{i}" for i in range(1000)]
+    import pyarrow as pa
+
+    table = pa.Table.from_pydict(rows, schema=REQUEST_SCHEMA)
+    load = LoadConfig(kind="rate", levels=[100.0], duration_s=600.0, max_requests=400, warmup_s=1.0)
+    plan = plan_open_loop(RequestCursor(Workload(table=table, source="t", kind="synthetic", rows_read=1000)), LevelSpec(0, LoadMode.RATE, 100.0), load, 1)
+    assert plan.planned == 400 and plan.duration_s < 5.0 and abs(plan.offered_rps - 100.0) < 15.0
