@@ -70,9 +70,11 @@ def compare_runs(
     with open(os.path.join(out_dir, "comparison.json"), "w", encoding="utf-8") as f:
         json.dump(dataclasses.asdict(comparison), f, indent=2)
     rows = [
-        {"group": r.group, "load": r.load, "metric": r.metric, "run": run, "value": v, "ratio": ratio}
+        {"group": r.group, "load": r.load, "metric": r.metric, "run": run, "value": r.values[i],
+         "lo": (r.intervals[i] or (None, None))[0], "hi": (r.intervals[i] or (None, None))[1],
+         "ratio": r.ratios[i], "verdict": r.verdicts[i]}
         for r in comparison.rows
-        for run, v, ratio in zip(comparison.runs, r.values, r.ratios)
+        for i, run in enumerate(comparison.runs)
     ]
     pq.write_table(pa.Table.from_pylist(rows), os.path.join(out_dir, "comparison.parquet"))
     render_comparison(comparison, console)

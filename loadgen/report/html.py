@@ -14,6 +14,8 @@ import os
 from typing import Iterable, Optional, Sequence
 
 from loadgen.analysis import Comparison, LevelSummary, RunSummary
+from loadgen.analysis.confidence import DIFFERENT
+from loadgen.report.noise import value_text, verdict_text
 from loadgen.report.verdicts import load_words, num, pct, slo_words, verdicts
 from loadgen.rundir import ERROR_STATUSES, scrub
 from loadgen.rundir.layout import REPORT_HTML, run_file
@@ -24,6 +26,7 @@ h1{font-size:22px;margin-bottom:2px} h2{font-size:17px;margin-top:28px;border-bo
 .sub{color:#666;margin-top:0} table{border-collapse:collapse;font-size:12.5px;margin:8px 0}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap} th{background:#f4f6f8}
 td.l,th.l{text-align:left;white-space:normal} tr.sat td{background:#fdecea} tr.cb td{background:#fff8e1}
+tr.diff td{font-weight:600}
 ul.verdicts li{margin:5px 0} .warn{color:#a15c00} .bad{color:#b00020;font-weight:600}
 img{max-width:100%;border:1px solid #eee;margin:6px 0} pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}
 details{margin:8px 0} .muted{color:#777}
@@ -142,8 +145,9 @@ def render_html(summary: RunSummary, plots: Sequence[str]) -> str:
         "steady-state window (warm-up and drain excluded); see docs/metrics.md for every formula.</p>",
         "<h2>Verdicts</h2><ul class=\"verdicts\">" + "".join(f"<li>{_e(v)}</li>" for v in verdicts(summary)) + "</ul>",
     ]
-    if summary.notes:
-        body.append("<ul>" + "".join(f'<li class="warn">{_e(n)}</li>' for n in summary.notes) + "</ul>")
+    notes = summary.notes + [f"level {lv.level}: {n}" for lv in summary.levels for n in lv.notes]
+    if notes:
+        body.append("<ul>" + "".join(f'<li class="warn">{_e(n)}</li>' for n in notes) + "</ul>")
     body.append("<h2>Per level</h2>" + _table(header, rows, classes))
     body.append('<p class="muted">Red rows: at or past the first level that failed the saturation rule. '
                 "Yellow rows: client-bound (loadgen itself may have limited the level).</p>")
@@ -164,20 +168,26 @@ def render_html(summary: RunSummary, plots: Sequence[str]) -> str:
 
 
 def render_comparison_html(comparison: Comparison, summaries: Sequence[RunSummary], plots: Sequence[str]) -> str:
-    """The comparison page as a string: runs, verdicts per run, the ratio table, the plots."""
+    """The comparison page as a string: runs, verdicts per run, the noise summary, the side-by-side table, the plots."""
     base = comparison.runs[0]
-    header = [f"load ({comparison.load_axis})", "metric", *comparison.runs, *(f"{r} / {base}" for r in comparison.runs[1:])]
-    rows = []
+    header = [f"load ({comparison.load_axis})", "metric", *comparison.runs, *(f"{r} vs {base}" for r in comparison.runs[1:])]
+    rows, classes = [], []
+    runs = range(len(comparison.runs))
     for row in comparison.rows:
         load = "verdicts" if row.group == "verdict" else num(row.load)
-        values = [pct(v) if row.metric == "error rate" else num(v) for v in row.values]
-        rows.append([load, row.metric, *values, *("—" if r is None else f"{r:.2f}×" for r in row.ratios[1:])])
+        rows.append([load, row.metric, *(value_text(row, i) for i in runs), *(verdict_text(row, i) for i in runs[1:])])
+        classes.append("diff" if DIFFERENT in row.verdicts else "")
     body = [f"<h1>loadgen comparison — {_e(' vs '.join(comparison.runs))}</h1>",
-            f'<p class="sub">ratios are each run / {_e(base)}; levels are matched by mode and configured value.</p>']
+            f'<p class="sub">Values with their 95 % intervals [low, high] (— : too few samples to bound that side). '
+            f"Each run vs {_e(base)}: “different” when the intervals do not overlap, else “within noise”; the ratio "
+            f"run / {_e(base)} beside it (see docs/metrics.md, “Comparison”). Levels are matched by mode and "
+            "configured value.</p>"]
+    if comparison.summary:
+        body.append("<ul class=\"verdicts\">" + "".join(f"<li>{_e(line)}</li>" for line in comparison.summary) + "</ul>")
     for label, s in zip(comparison.runs, summaries):
         body.append(f"<h2>{_e(label)}</h2><p class=\"sub\">{_e(_info(s))}</p><ul class=\"verdicts\">"
                     + "".join(f"<li>{_e(v)}</li>" for v in verdicts(s)) + "</ul>")
-    body.append("<h2>Side by side</h2>" + _table(header, rows))
+    body.append("<h2>Side by side</h2>" + _table(header, rows, classes))
     if comparison.notes:
         body.append("<ul>" + "".join(f'<li class="warn">{_e(n)}</li>' for n in comparison.notes) + "</ul>")
     body += [_img(p) for p in plots]

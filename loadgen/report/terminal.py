@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from loadgen.analysis import Comparison, LevelSummary, RunSummary
+from loadgen.analysis.confidence import DIFFERENT
+from loadgen.report.noise import value_text, verdict_text
 from loadgen.report.verdicts import num, pct, verdicts
 
 
@@ -85,34 +87,46 @@ def render_terminal(summary: RunSummary, console: Optional[Console] = None) -> N
         console.print("• " + sentence, highlight=False, markup=False)
     for note in summary.notes:
         console.print("note: " + note, style="dim", highlight=False, markup=False)
+    for lv in summary.levels:
+        for note in lv.notes:
+            console.print(f"note: level {lv.level}: {note}", style="dim", highlight=False, markup=False)
 
 
 def comparison_table(comparison: Comparison) -> Table:
-    """Every run's value per common level and metric, with each run's ratio to the first (B/A)."""
+    """Every run's value [95 % interval] per common level and metric, and each run's noise verdict vs the first.
+
+    The verdict ("different": the intervals do not overlap; else "within
+    noise") is the headline; the ratio run / first run stands beside it.
+    """
     base = comparison.runs[0]
-    table = Table(title="loadgen comparison (ratios are run / " + base + ")", title_justify="left")
+    title = f"loadgen comparison: values [95 % interval]; each run vs {base}: noise verdict (ratio run / {base})"
+    table = Table(title=title, title_justify="left")
     table.add_column(f"load ({comparison.load_axis})", justify="right")
     table.add_column("metric")
+    # Values with their intervals and the verdicts stay on one line each; the metric names wrap instead.
     for run in comparison.runs:
-        table.add_column(run, justify="right", overflow="fold")
+        table.add_column(run, justify="right", no_wrap=True)
     for run in comparison.runs[1:]:
-        table.add_column(f"{run} / {base}", justify="right", overflow="fold")
+        table.add_column(f"{run} vs {base}", justify="right", no_wrap=True)
     previous = None
+    runs = range(len(comparison.runs))
     for row in comparison.rows:
         load = "verdicts" if row.group == "verdict" else num(row.load)
         if previous is not None and load != previous:
             table.add_section()
-        pcts = row.metric == "error rate"
-        values = [pct(v) if pcts else num(v) for v in row.values]
-        ratios = ["—" if r is None else f"{r:.2f}×" for r in row.ratios[1:]]
-        table.add_row(load if load != previous else "", row.metric, *values, *ratios)
+        values = [value_text(row, i) for i in runs]
+        judged = [verdict_text(row, i) for i in runs[1:]]
+        style = "bold" if DIFFERENT in row.verdicts else None
+        table.add_row(load if load != previous else "", row.metric, *values, *judged, style=style)
         previous = load
     return table
 
 
 def render_comparison(comparison: Comparison, console: Optional[Console] = None) -> None:
-    """Print the comparison table and its notes."""
+    """Print the comparison table, one line per run on how many metrics differ beyond noise, and the notes."""
     console = console or Console()
     console.print(comparison_table(comparison))
+    for line in comparison.summary:
+        console.print("• " + line, highlight=False, markup=False)
     for note in comparison.notes:
         console.print("note: " + note, style="dim", highlight=False, markup=False)
