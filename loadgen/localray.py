@@ -24,8 +24,9 @@ is written to ``~/.ray`` and Ray prints no warning about it. A user who set
 ``RAY_AUTH_MODE`` keeps their choice.
 
 Every process of this Ray carries ``LOADGEN_LOCAL_RAY=<mark>`` in its
-environment; ``loadgen/watchdog.py`` (started before Ray, reading a pipe only
-the driver holds) ends all of them when the driver exits, SIGKILL included.
+environment and holds files in its session directory; ``loadgen/watchdog.py``
+(started before Ray, reading a pipe only the driver holds) ends all of them when
+the driver exits, SIGKILL included.
 """
 
 from __future__ import annotations
@@ -149,6 +150,9 @@ def start(num_cpus: int) -> LocalRay:
             _system_config=dict(SYSTEM_CONFIG),
         )
         node = _head_node_class()(params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True)
+        # The agents overwrite their environment with their process title; the watchdog finds them by their
+        # open files in the session directory instead.
+        os.write(pipe, f"session {node.get_session_dir_path()}\n".encode())
         ray.init(
             address=node.address,
             logging_level="warning",
