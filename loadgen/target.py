@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from loadgen.client.endpoint import headers_for, open_pool
 from loadgen.client.fetch import MAX_REDIRECTS, Origins, fetch, redirect_target
-from loadgen.client.http import HTTPError, Timeouts, request_path
+from loadgen.client.http import HTTPError, request_path
 from loadgen.client.openai import PATHS, request_body, url_for
 from loadgen.client.stream import execute
 from loadgen.config import TargetConfig, api_key

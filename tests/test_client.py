@@ -11,10 +11,10 @@ import pytest
 from aiohttp import web
 
 from loadgen.client.http import ConnectionPool, Timeouts
-from loopback import serve_app
 from loadgen.client.openai import request_body
 from loadgen.client.stream import execute
 from loadgen.config import TargetConfig
+from loopback import serve_app
 
 
 def now() -> int:

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from loopback import serve_app
-from test_client_http import RawServer, sse_ok
 
 from loadgen.client.endpoint import open_pool
 from loadgen.client.http import ConnectionPool, Timeouts
@@ -24,6 +22,8 @@ from loadgen.client.proxy import Proxy, proxy_for
 from loadgen.client.stream import execute
 from loadgen.config import ConfigError, LoadgenConfig, TargetConfig, TLSConfig, api_key, validate
 from loadgen.target import TargetError, check
+from loopback import serve_app
+from test_client_http import RawServer, sse_ok
 
 HOST = "model.test"  # resolvable by the test proxy only
 

@@ -9,10 +9,10 @@ import json
 import time
 
 import pytest
-from test_client_http import RawServer, chunked
 
 from loadgen.client.http import ConnectionPool, Timeouts
 from loadgen.client.stream import execute
+from test_client_http import RawServer, chunked
 
 HEAD_SSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -44,7 +44,7 @@ async def _request(respond, *, api: str = "chat", stream: bool = True, n: int = 
     async with RawServer(respond) as srv:
         pool = ConnectionPool(srv.url, now=time.monotonic_ns, timeouts=Timeouts(total_s=10, stall_s=5))
         recs = []
-        for i in range(n):
+        for _ in range(n):
             rec: dict = {}
             path = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "responses": "/v1/responses"}[api]
             await execute(pool, path, b"{}", {}, rec, api=api, stream=stream)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import gzip
 
 from aiohttp import web
-from test_scrape import metrics_server
 
 from loadgen.scrape import scraper_for
+from test_scrape import metrics_server
 
 TEXT = "vllm:num_requests_running 3\nvllm:num_requests_waiting 1\n"
 
