@@ -51,7 +51,7 @@ class LevelProgress:
         lag = max((c["loop_lag_max_ms"] for c in counters), default=0.0)
         phase = "sending" if elapsed_s <= self.duration_s else "draining"
         line = (
-            f"{self.title}  {phase} {min(elapsed_s, self.duration_s):5.1f}/{self.duration_s:g}s  "
+            f"{self.title}  {phase} {min(elapsed_s, self.duration_s):5.1f}/{self.duration_s:.1f}s  "
             f"sent {sent}  done {done}  in flight {inflight}  errors {errors}  loop lag max {lag:.1f} ms"
         )
         if self._live is not None:
@@ -62,7 +62,7 @@ class LevelProgress:
             self.console.print(line, highlight=False)
 
     def warn_client_bound(self, counters: list[dict[str, Any]], rule: ClientBoundRule, open_loop: bool) -> None:
-        """Say, once per worker and level, that ``rule`` flags the worker on the level's samples so far."""
+        """Say, once per worker and level, that ``rule`` flags the worker on its recent samples (past the warm-up)."""
         bound = rule.judge(
             {c["worker_id"]: c["loop_lag_ms_p99"] for c in counters},
             {c["worker_id"]: c["schedule_lag_ms_p99"] for c in counters if c["sent"]} if open_loop else None,
@@ -72,6 +72,6 @@ class LevelProgress:
                 continue
             self._warned.add(wid)
             self.console.print(
-                f"[yellow]warning:[/] {why} so far in this level: loadgen, not the server, may be the "
+                f"[yellow]warning:[/] {why} in the last seconds: loadgen, not the server, may be the "
                 f"bottleneck and requests leave late. Add workers (cluster.workers=N) or lower the load."
             )

@@ -328,7 +328,8 @@ def _run_one(
             if counters:
                 elapsed = (now_ns() - t0) / 1e9
                 progress.update(max(0.0, elapsed), counters)
-                progress.warn_client_bound(counters, rule, spec.mode.open_loop)
+                if elapsed > load.warmup_s:  # start-up stalls are not the steady state the verdict judges
+                    progress.warn_client_bound(counters, rule, spec.mode.open_loop)
                 if load.kind == "search" and load.warmup_s < elapsed <= plan.duration_s and not stopped:
                     queue_t.append(now_ns())
                     queue_n.append(sum(c["in_flight"] for c in counters))

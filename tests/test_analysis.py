@@ -370,12 +370,26 @@ def test_client_bound_names_the_lagging_workers():
     cluster = ClusterConfig(schedule_lag_warn_ms=20.0, loop_lag_warn_ms=20.0)
     lv = summarize_level(table(rows), meta, NO_SLO, AnalysisConfig(), cluster, telemetry)
     assert lv.client_bound
-    assert lv.client_bound_workers == [1, 2, 5]
+    # worker 5's lag is known only over the whole level (run.json), warm-up included: a note, not a flag
+    assert lv.client_bound_workers == [1, 2]
+    assert any("worker 5" in n and "start-up stall" in n for n in lv.notes)
     reasons = " | ".join(lv.client_bound_reasons)
     assert "worker 1: schedule lag p99 45.0 ms" in reasons
     assert "worker 2: event-loop lag" in reasons
     quiet = summarize_level(table([r for r in rows if r["worker_id"] == 0]), LevelEntry(level=0), NO_SLO, AnalysisConfig(), cluster)
     assert not quiet.client_bound and quiet.client_bound_workers == []
+
+
+def test_stalls_during_warm_up_do_not_make_a_level_client_bound():
+    rows = []
+    for i in range(100):
+        lagged = i < 20  # the first 200 ms: 40 ms behind schedule, a stalled loop
+        rows.append(rec(i * 10, i * 10 + (40 if lagged else 0.2), [i * 10 + 60], i * 10 + 61, loop_lag=30.0 if lagged else 0.5))
+    cluster = ClusterConfig(schedule_lag_warn_ms=10.0, loop_lag_warn_ms=10.0)
+    warm = LevelEntry(level=0, mode="rate", value=100.0, offered_rps=100.0, start_ns=T0, steady_start_ns=T0 + 300 * MS, steady_end_ns=T0 + 1000 * MS)
+    assert not summarize_level(table(rows), warm, NO_SLO, AnalysisConfig(), cluster).client_bound
+    whole = LevelEntry(level=0, mode="rate", value=100.0, offered_rps=100.0, start_ns=T0, steady_start_ns=T0, steady_end_ns=T0 + 1000 * MS)
+    assert summarize_level(table(rows), whole, NO_SLO, AnalysisConfig(), cluster).client_bound
 
 
 # ----------------------------------------------------------------------------- queues and search

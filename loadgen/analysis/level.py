@@ -96,32 +96,46 @@ def client_bound(
     entry: LevelEntry,
     telemetry: Optional[pa.Table],
     rule: ClientBoundRule,
-) -> tuple[list[int], list[str]]:
-    """Workers whose schedule lag or event-loop lag marks the level client-bound, and why.
+    window: Window,
+) -> tuple[list[int], list[str], list[str]]:
+    """Workers whose schedule lag or event-loop lag marks the level client-bound, why, and start-up notes.
 
-    ``ClientBoundRule`` is applied to the per-request lags in the records, to
-    the workers' loop-lag telemetry, and to the p99s each worker reported for
-    the level in run.json.
+    ``ClientBoundRule`` is applied over the steady window only: to the lags of
+    the requests scheduled in it and to the workers' loop-lag telemetry sampled
+    in it. Stalls while the level started (warm-up: connections opening,
+    first writes) do not make it client-bound; when the p99s the workers
+    reported for the whole level break the rule but the window does not, that
+    is returned as a note.
     """
+    in_window = window.contains(times.scheduled)
     lag, valid = times.schedule_lag()
+    valid &= in_window
     schedule = [p99_by_worker(times.worker_id[valid], lag[valid] / NS_PER_MS)]
-    loop = [p99_by_worker(times.worker_id, loop_lag_ms)]
+    loop = [p99_by_worker(times.worker_id[in_window], loop_lag_ms[in_window])]
     if telemetry is not None and telemetry.num_rows:
+        t = pc.fill_null(telemetry.column("t_ns"), MISSING).to_numpy() if "t_ns" in telemetry.column_names else None
+        keep = window.contains(t) if t is not None else np.ones(telemetry.num_rows, bool)
         loop.append(
             p99_by_worker(
-                pc.fill_null(telemetry.column("worker_id"), -1).to_numpy(),
-                pc.fill_null(telemetry.column("loop_lag_ms"), np.nan).to_numpy().astype(np.float64),
+                pc.fill_null(telemetry.column("worker_id"), -1).to_numpy()[keep],
+                pc.fill_null(telemetry.column("loop_lag_ms"), np.nan).to_numpy().astype(np.float64)[keep],
             )
         )
-    loop.append({w.worker_id: w.loop_lag_ms_p99 for w in entry.workers})
-    if entry.mode.open_loop:
-        schedule.append({w.worker_id: w.schedule_lag_ms_p99 for w in entry.workers if w.sent})
     found: dict[int, str] = {}
     for judged in [rule.judge({}, p99s) for p99s in schedule] + [rule.judge(p99s) for p99s in loop]:
         for w, why in judged.items():
             found.setdefault(w, why)
+    whole = rule.judge(
+        {w.worker_id: w.loop_lag_ms_p99 for w in entry.workers},
+        {w.worker_id: w.schedule_lag_ms_p99 for w in entry.workers if w.sent} if entry.mode.open_loop else None,
+    )
+    notes = [
+        f"start-up stall, not counted: {why} over the whole level, within bounds in the steady window"
+        for w, why in whole.items()
+        if w not in found
+    ]
     workers = sorted(w for w in found if w >= 0)
-    return workers, [found[w] for w in workers]
+    return workers, [found[w] for w in workers], notes
 
 
 def judge(
@@ -197,9 +211,10 @@ def summarize_level(
     if summary.stopped_early and summary.stopped_early != INTERRUPTED:
         summary.failures.append(f"stopped early: {summary.stopped_early}")
     loop_lag = pc.fill_null(table.column("loop_lag_ms"), np.nan).to_numpy().astype(np.float64)
-    summary.client_bound_workers, summary.client_bound_reasons = client_bound(
-        times, loop_lag, entry, telemetry, ClientBoundRule.of(cluster)
+    summary.client_bound_workers, summary.client_bound_reasons, stalls = client_bound(
+        times, loop_lag, entry, telemetry, ClientBoundRule.of(cluster), window
     )
+    summary.notes += stalls
     summary.client_bound = bool(summary.client_bound_reasons)
     if entry.step_at_ns is not None:
         summary.step = step_response(

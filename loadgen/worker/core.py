@@ -139,10 +139,11 @@ class WorkerCore:
         return self._stop is not None and self._stop.is_set()
 
     def progress(self) -> dict[str, Any]:
-        """Live counters for the driver's progress display, with the lag p99s of the level so far."""
+        """Live counters for the driver's progress display, with the recent lag p99s."""
         st = self._running
-        loop_p99 = float(np.percentile(st.lag_samples, 99)) if st is not None and st.lag_samples else 0.0
-        sched_p99 = float(np.percentile(st.schedule_lag_ms(), 99)) if st is not None and st.lags else 0.0
+        # The recent past only (about 2 s of loop samples, the last 500 sends): a warning is about now.
+        loop_p99 = float(np.percentile(st.lag_samples[-40:], 99)) if st is not None and st.lag_samples else 0.0
+        sched_p99 = float(np.percentile(st.lags[-500:], 99)) / 1e6 if st is not None and st.lags else 0.0
         return {
             "worker_id": self.worker_id,
             "level": self._level,
