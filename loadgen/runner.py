@@ -499,6 +499,7 @@ def _level_entry(
         steady_end_ns=t0 + duration_ns,
         ledger=ledger,
         workers=[r.health for _, r in sorted(results.items())],
+        notes=list(plan.notes),
     )
 
 

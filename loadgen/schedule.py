@@ -125,6 +125,7 @@ class LevelPlan:
     planned: int = 0  # requests planned (closed loop: the request cap, an upper bound)
     offered_rps: Optional[float] = None  # planned arrivals / sending time (open loop)
     duration_s: float = 0.0  # sending phase length
+    notes: list[str] = field(default_factory=list)  # what the plan changed: a cap that ended it early, a trace that ran out
 
 
 class RequestCursor:
@@ -207,15 +208,22 @@ def plan_open_loop(
         rows, scheduled = _take_sessions(cursor, offsets)
     table = rows.append_column("scheduled_s", scheduled)
     duration = load.duration_s
+    notes = []
     if load.shape == "steady" and len(offsets) >= load.max_requests and spec.mode is LoadMode.RATE:
         # Capped: sending ends when the last capped arrival is due, so the level offers its named rate.
         duration = min(duration, max(load.warmup_s + 1.0 / spec.value, len(offsets) / spec.value))
+        if duration < load.duration_s:
+            notes.append(
+                f"load.max_requests={load.max_requests} ended the level after {duration:.3g} s of {load.duration_s:g} s, "
+                f"at its {spec.value:g} req/s"
+            )
     return LevelPlan(
         spec=spec,
         shards=shard(table, workers),
         planned=table.num_rows,
         offered_rps=(len(offsets) / duration) if duration > 0 else None,
         duration_s=duration,
+        notes=notes,
     )
 
 
@@ -284,12 +292,25 @@ def plan_trace(cursor: RequestCursor, spec: LevelSpec, load: LoadConfig, workers
         idx, scheduled = _session_rows(table, sessions, sessions[starts], offsets)
         rows = table.take(pa.array(np.concatenate(idx) if idx else np.empty(0, np.int64), pa.int64()))
     planned = rows.append_column("scheduled_s", pa.array(scheduled, pa.float64(), mask=np.isnan(scheduled)))
+    duration, notes = load.duration_s, []
+    if len(offsets) >= 2:
+        gap = float(np.mean(np.diff(offsets)))
+        ran_out = float(offsets[-1]) + gap
+        if ran_out < 0.9 * load.duration_s:
+            # The trace ended before the level: the offered rate is that of its arrivals, and the
+            # level's window ends with them instead of diluting the rate over idle seconds.
+            duration = max(ran_out, load.warmup_s + gap)
+            notes.append(
+                f"the workload ran out of arrivals after {ran_out:.3g} s of the {load.duration_s:g} s level: "
+                f"it offered {len(offsets) / duration:,.4g} req/s over that time (the level's window ends there)"
+            )
     return LevelPlan(
         spec=spec,
         shards=shard(planned, workers),
         planned=planned.num_rows,
-        offered_rps=len(offsets) / load.duration_s,
-        duration_s=load.duration_s,
+        offered_rps=len(offsets) / duration,
+        duration_s=duration,
+        notes=notes,
     )
 
 

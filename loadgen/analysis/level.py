@@ -214,7 +214,7 @@ def summarize_level(
     summary.client_bound_workers, summary.client_bound_reasons, stalls = client_bound(
         times, loop_lag, entry, telemetry, ClientBoundRule.of(cluster), window
     )
-    summary.notes += stalls
+    summary.notes += list(entry.notes) + stalls
     summary.client_bound = bool(summary.client_bound_reasons)
     if entry.step_at_ns is not None:
         summary.step = step_response(

@@ -188,6 +188,7 @@ class LevelEntry:
     workers: list[WorkerHealth] = field(default_factory=list)
     stopped_early: Optional[str] = None  # why the driver cut the level short
     driver_cpu_s: Optional[float] = None
+    notes: list[str] = field(default_factory=list)  # what the plan changed or found (a capped or diluted level)
 
     def __post_init__(self) -> None:
         self.mode = LoadMode(self.mode)
