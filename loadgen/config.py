@@ -98,6 +98,7 @@ class TargetConfig:
     scrape_interval_s: float = 1.0  # how often server metrics are sampled during a level
     probe: bool = True  # send one tiny request before the first level to fail fast
     sim: SimProfile = field(default_factory=SimProfile)  # simulator profile (kind=sim)
+    sim_profile: Optional[str] = None  # kind=sim: serve this profile file instead of `sim` (a twin.yaml from loadgen-twin fit, or a conf/target/ name)
     faults: FaultConfig = field(default_factory=FaultConfig)  # simulator fault injection (kind=sim)
     sim_ground_truth: bool = False  # ask the simulator to write its own per-request timings
 

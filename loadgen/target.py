@@ -81,9 +81,10 @@ def resolve(target: TargetConfig, *, ground_truth: Optional[str] = None) -> Reso
     """Start or reach the target, find its model and send one probe request."""
     sim = None
     if target.kind == "sim":
+        from loadgen.sim.cli import load_profile
         from loadgen.sim.process import start_sim
 
-        sim = start_sim(target.sim, target.faults, ground_truth=ground_truth)
+        sim = start_sim(load_profile(target.sim_profile) if target.sim_profile else target.sim, target.faults, ground_truth=ground_truth)
         base_url = sim.url
         engine = "sim"
     else:

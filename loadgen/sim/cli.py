@@ -114,6 +114,18 @@ def _build(cls: type[T], base: dict[str, Any], where: str) -> T:
         raise ConfigError(f"{where}: {str(exc).splitlines()[0]}") from None
 
 
+def load_profile(profile: str) -> SimProfile:
+    """A checked ``SimProfile`` from a profile name in ``conf/target/`` or a YAML path.
+
+    The YAML is a ``conf/target/`` option (``kind: sim`` and a ``sim:`` block; other
+    top-level keys, such as a twin's ``fit:`` account, are ignored) or a bare profile.
+    This is how ``target.sim_profile=twin.yaml`` (a ``loadgen-twin fit`` output) is read.
+    """
+    data = _load_yaml(profile)
+    profile_data = data.get("sim", {}) if "kind" in data else data
+    return check_profile(_build(SimProfile, profile_data, f"profile {profile}"))
+
+
 def _override(obj: T, key: str, text: str, flag: str) -> None:
     types = get_type_hints(type(obj))
     if key not in types:
