@@ -134,6 +134,7 @@ def run(cfg: LoadgenConfig, run_dir: str, *, console: Optional[Console] = None, 
     state.scraper = scraper_for(
         target.root_url, target.engine, cfg.target.metrics_path, cfg.target.scrape_interval_s,
         headers=headers, on_problem=lambda msg: console.print(f"[yellow]{msg}[/]", highlight=False),
+        target=cfg.target,  # scrape with the target's TLS options and proxy, as the load goes
     )
     try:
         started_ray = clusters.connect(cfg.cluster)
