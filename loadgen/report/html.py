@@ -65,7 +65,7 @@ def _page(title: str, body: str) -> str:
 
 
 def _levels(summary: RunSummary) -> list[LevelSummary]:
-    return sorted(summary.levels, key=lambda lv: (not lv.open_loop, lv.load))
+    return sorted(summary.levels, key=lambda lv: (not lv.open_loop, lv.value, lv.level))
 
 
 def level_rows(summary: RunSummary) -> tuple[list[str], list[list[str]], list[str]]:

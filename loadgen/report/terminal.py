@@ -62,7 +62,7 @@ def level_table(summary: RunSummary) -> Table:
                 head, _, pre = head.rpartition(" ")
                 tail = f"{pre} {tail}"
             table.add_column(f"{head}\n{tail}" if head else c, justify="right", no_wrap=True)
-    for lv in sorted(summary.levels, key=lambda lv: (not lv.open_loop, lv.load)):
+    for lv in sorted(summary.levels, key=lambda lv: (not lv.open_loop, lv.value, lv.level)):
         m = lv.metrics
         row = [str(lv.level), num(lv.load), num(m.achieved_rps), num(m.output_tok_s)]
         if streamed:
