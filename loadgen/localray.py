@@ -48,9 +48,6 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 RAY_ENV = {
     **LOOPBACK_ENV,
     "RAY_USAGE_STATS_ENABLED": "0",
-    # Agents watch the raylet by polling their parent pid instead of a pipe, whose write end the other
-    # agent can inherit (then neither sees the raylet die).
-    "RAY_enable_pipe_based_agent_to_parent_health_check": "0",
 }
 #: RayConfig entries for the private Ray (names as in Ray's ray_config_def.h, read by every process of it).
 SYSTEM_CONFIG: dict[str, Any] = {

@@ -135,6 +135,36 @@ def test_the_watchdog_ends_marked_processes_that_ignore_sigterm_once_its_pipe_cl
                 p.wait()
 
 
+def test_the_watchdog_finds_a_ray_process_by_its_open_files_in_the_session_dir(tmp_path):
+    # Ray's agents overwrite their environment block when they set their title: the mark is gone, their
+    # log files in the session directory are not.
+    session = tmp_path / "session"
+    (session / "logs").mkdir(parents=True)
+    script = tmp_path / "ray" / "fake_agent.py"  # a command run from a ray/ directory, as Ray's agents are
+    script.parent.mkdir()
+    script.write_text(f"log = open({str(session / 'logs' / 'agent.log')!r}, 'a')\n" + STUBBORN)
+    outsider = tmp_path / "reader.py"  # holds a file there too, but is no Ray process
+    outsider.write_text(f"log = open({str(session / 'logs' / 'agent.log')!r})\n" + STUBBORN)
+    mark = f"test-{os.getpid()}-{time.monotonic_ns()}"
+    dog, pipe = start_watchdog(mark)
+    agent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    reader = subprocess.Popen([sys.executable, str(outsider)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert agent.stdout.readline() == "up\n" and reader.stdout.readline() == "up\n"
+        assert watchdog.marked_pids(mark) == []  # no mark in its environment
+        assert watchdog.marked_pids(mark, (str(session),)) == [agent.pid]
+        os.write(pipe, f"session {session}\n".encode())
+        os.close(pipe)
+        dog.wait(60)
+        assert agent.wait(10) == -signal.SIGKILL
+        assert reader.poll() is None
+    finally:
+        for p in (agent, reader, dog):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 # --------------------------------------------------------------------------- errors from workers
 
 
