@@ -55,6 +55,7 @@ class SimProfile:
     step_base_ms: float = 6.0  # fixed cost of one engine step
     step_per_seq_ms: float = 0.05  # extra step cost per running (decoding) sequence
     step_per_prefill_token_ms: float = 0.06  # extra step cost per prefill token in the step
+    request_overhead_ms: float = 0.0  # fixed delay between a request's arrival and its engine admission (HTTP, tokenization; fitted by loadgen-twin)
     prefix_caching: bool = True  # reuse KV blocks of identical prompt prefixes
     tokens_per_chunk: int = 1  # tokens per SSE event (>1 mimics speculative decoding)
     reasoning_tokens: int = 0  # chat: the first N tokens of each answer stream as `reasoning_content` deltas (a reasoning model thinking)

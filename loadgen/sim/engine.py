@@ -96,7 +96,7 @@ def check_profile(profile: SimProfile) -> SimProfile:
             fail(key, "a positive integer")
     if not profile.step_base_ms > 0:
         fail("step_base_ms", "a positive number of milliseconds")
-    for key in ("step_per_seq_ms", "step_per_prefill_token_ms"):
+    for key in ("step_per_seq_ms", "step_per_prefill_token_ms", "request_overhead_ms"):
         if not getattr(profile, key) >= 0:
             fail(key, "a non-negative number of milliseconds")
     if profile.reasoning_tokens < 0:

@@ -360,6 +360,9 @@ class SimServer:
         headers = {"X-Request-Id": request_id}
         if self.faults.accept_delay_s:
             await asyncio.sleep(self.faults.accept_delay_s)
+        if self.profile.request_overhead_ms:
+            # a real server's fixed cost before its engine sees a request (HTTP, tokenization, queues)
+            await asyncio.sleep(self.profile.request_overhead_ms / 1000)
         try:
             req = parse_request(api, await request.read(), self.profile.model)
             if not self.engine.fits(req.prompt_tokens, req.max_tokens):
