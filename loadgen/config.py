@@ -8,12 +8,32 @@ and types against these dataclasses; ``validate`` checks values and raises
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import difflib
+import functools
+import inspect
+import io
 import math
 import os
+import textwrap
+import tokenize
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
-from omegaconf import MISSING  # noqa: F401  (re-exported for conf authors)
+from omegaconf import (
+    MISSING,  # noqa: F401  (re-exported for conf authors)
+    OmegaConf,
+)
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from loadgen.headers import valid_header
 
@@ -109,15 +129,15 @@ class TargetConfig:
 
 @dataclass
 class LengthDist:
-    """A token-length distribution for synthetic requests."""
+    """A token-length distribution for synthetic requests (a plain number N means a fixed length N)."""
 
     dist: str = "fixed"  # fixed | uniform | normal | lognormal | empirical
-    mean: float = 256.0  # fixed value, or the mean (normal, lognormal)
+    mean: float = 256.0  # fixed value, or the mean (normal, lognormal); not negative
     std: float = 0.0  # standard deviation (normal, lognormal)
     min: int = 1  # lower clip (and lower bound of uniform)
     max: int = 8192  # upper clip (and upper bound of uniform)
     path: Optional[str] = None  # empirical: a trace file whose lengths are resampled
-    column: str = "input_tokens"  # empirical: which request-table column to resample
+    column: Optional[str] = None  # empirical: which request-table column to resample; default: the one drawn (input_tokens or output_tokens)
 
 
 @dataclass
@@ -127,8 +147,10 @@ class WorkloadConfig:
     kind: str = "synthetic"  # synthetic | azure | burstgpt | mooncake | sharegpt | generic
     path: Optional[str] = None  # trace file (trace workloads)
     num_requests: int = 2000  # synthetic: rows to generate (levels cycle through them as needed)
-    input_tokens: LengthDist = field(default_factory=lambda: LengthDist(mean=256))  # synthetic input lengths
-    output_tokens: LengthDist = field(default_factory=lambda: LengthDist(mean=128))  # synthetic output lengths
+    # Typed Any, not LengthDist, so that a number may replace the whole node on the command line
+    # (workload.input_tokens=16); validate() turns it into a LengthDist (see length_dist).
+    input_tokens: Any = field(default_factory=lambda: LengthDist(mean=256))  # synthetic input lengths: a number (fixed) or dist, mean, std, min, max, path, column
+    output_tokens: Any = field(default_factory=lambda: LengthDist(mean=128))  # synthetic output lengths (also for trace turns without one): a number or a distribution
     time_scale: float = 1.0  # trace time multiplier (0.5 = twice as fast)
     target_rate: Optional[float] = None  # rescale inter-arrivals to this mean req/s, keeping burstiness
     start_s: Optional[float] = None  # keep only arrivals at or after this offset (s from trace start)
@@ -324,6 +346,11 @@ def validate(cfg: LoadgenConfig) -> LoadgenConfig:
 
     if w.kind != "synthetic":
         _require(bool(w.path), "workload.path", f"a trace file for workload={w.kind}", w.path)
+        _require(os.path.isfile(str(w.path)), "workload.path", f"an existing trace file for workload={w.kind} (no such file)", w.path)
+    if w.tokenizer is not None:
+        _require(os.path.isfile(str(w.tokenizer)), "workload.tokenizer", "an existing tokenizer.json (no such file)", w.tokenizer)
+    w.input_tokens = length_dist(w.input_tokens, "workload.input_tokens")
+    w.output_tokens = length_dist(w.output_tokens, "workload.output_tokens")
     _require(w.time_scale > 0, "workload.time_scale", "a positive factor", w.time_scale)
     _require(w.num_requests > 0, "workload.num_requests", "a positive count", w.num_requests)
     if w.target_rate is not None:
@@ -370,6 +397,66 @@ def validate(cfg: LoadgenConfig) -> LoadgenConfig:
     return cfg
 
 
+# --------------------------------------------------------------------------- token lengths
+
+LENGTH_DISTS = ("fixed", "uniform", "normal", "lognormal", "empirical")
+LENGTH_COLUMNS = ("input_tokens", "output_tokens")  # the request-table columns an empirical dist resamples
+_LENGTH_MINIMUM = {"input_tokens": 0, "output_tokens": 1}  # a prompt may be empty; an answer has a token
+
+
+def fixed_length(n: float) -> LengthDist:
+    """The distribution a plain number stands for: always ``n`` tokens (clip bounds widened to hold it)."""
+    return LengthDist(dist="fixed", mean=float(n), min=min(1, int(n)), max=max(8192, math.ceil(n)))
+
+
+def length_dist(value: Any, key: str, minimum: Optional[int] = None) -> LengthDist:
+    """A checked copy of one token-length setting.
+
+    Input: ``value`` (a LengthDist, a mapping of its keys, or a number meaning a fixed length)
+    and its dotted ``key``, e.g. ``workload.output_tokens``; the key's last part names the column
+    an empirical dist resamples by default and the smallest length allowed (``minimum``
+    overrides it). Output: a new LengthDist with ``column`` filled in. Raises ConfigError
+    naming the key when the value cannot be used.
+    """
+    name = key.rsplit(".", 1)[-1]
+    minimum = _LENGTH_MINIMUM.get(name, 1) if minimum is None else minimum
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        _require(math.isfinite(value) and value >= minimum, key, f"a number of tokens >= {minimum} (a fixed length) or a distribution", value)
+        dist = fixed_length(value)
+    elif isinstance(value, LengthDist):
+        dist = dataclasses.replace(value)
+    elif isinstance(value, Mapping):
+        dist = _structured(LengthDist, value, key)
+    else:
+        raise ConfigError(
+            f"config key '{key}' is {value!r}; expected a number of tokens (a fixed length) "
+            f"or a distribution ({key}.dist=..., {key}.mean=...)."
+        )
+    if dist.column is None:
+        dist.column = name if name in LENGTH_COLUMNS else LENGTH_COLUMNS[0]
+    check_length_dist(dist, key, minimum)
+    return dist
+
+
+def check_length_dist(dist: LengthDist, key: str, minimum: int) -> None:
+    """Raise ConfigError naming ``key``'s sub-key when a length distribution is not usable.
+
+    A negative mean, std or min is refused rather than drawn and clipped (draws outside
+    [min, max] are clipped and counted in the workload's notes).
+    """
+    _require(dist.dist in LENGTH_DISTS, f"{key}.dist", "one of " + ", ".join(LENGTH_DISTS), dist.dist)
+    _require(dist.min >= minimum, f"{key}.min", f"an integer >= {minimum}", dist.min)
+    _require(dist.max >= dist.min, f"{key}.max", f"an integer >= {key}.min ({dist.min})", dist.max)
+    _require(math.isfinite(dist.mean) and dist.mean >= 0, f"{key}.mean", "a non-negative number of tokens", dist.mean)
+    _require(math.isfinite(dist.std) and dist.std >= 0, f"{key}.std", "a non-negative number", dist.std)
+    if dist.dist == "lognormal":
+        _require(dist.mean > 0, f"{key}.mean", "a positive mean for a lognormal", dist.mean)
+    if dist.dist == "empirical":
+        _require(bool(dist.path), f"{key}.path", "a trace file for dist=empirical", dist.path)
+        _require(dist.column in LENGTH_COLUMNS, f"{key}.column", "one of " + ", ".join(LENGTH_COLUMNS), dist.column)
+        _require(os.path.isfile(str(dist.path)), f"{key}.path", "an existing trace file (no such file)", dist.path)
+
+
 # --------------------------------------------------------------------------- secrets
 
 SECRET_KEYS = frozenset({"api_key"})
@@ -401,12 +488,171 @@ def api_key(target: TargetConfig) -> Optional[str]:
 
 
 def to_config(container: Any) -> LoadgenConfig:
-    """Turn an OmegaConf node (or dict) into a validated LoadgenConfig."""
-    from omegaconf import OmegaConf
+    """Turn an OmegaConf node (or dict) into a validated LoadgenConfig.
 
+    Every problem, a wrong type or an unknown key included, is a ConfigError naming the key.
+    """
     if isinstance(container, LoadgenConfig):
         return validate(container)
-    node = OmegaConf.merge(OmegaConf.structured(LoadgenConfig), container)
-    cfg = OmegaConf.to_object(node)
+    if OmegaConf.is_config(container):
+        container = OmegaConf.to_container(container, resolve=True)
+    cfg = _structured(LoadgenConfig, _expand_lengths(container or {}), "")
     assert isinstance(cfg, LoadgenConfig)
     return validate(cfg)
+
+
+def _expand_lengths(container: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``container`` with a plain number for workload.input_tokens/output_tokens spelled out as a fixed length.
+
+    OmegaConf cannot merge a number into a LengthDist node, so the shorthand is expanded first.
+    """
+    workload = container.get("workload")
+    if not isinstance(workload, Mapping):
+        return container
+    expanded = dict(workload)
+    for name in LENGTH_COLUMNS:
+        value = expanded.get(name)
+        if value is not None and not isinstance(value, Mapping):
+            expanded[name] = dataclasses.asdict(length_dist(value, f"workload.{name}"))
+    return {**container, "workload": expanded}
+
+
+def _structured(cls: type, value: Any, prefix: str) -> Any:
+    """An instance of dataclass ``cls`` from a mapping, type-checked by OmegaConf; errors name ``prefix``.KEY."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), value))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(omegaconf_message(exc, prefix)) from None
+
+
+# --------------------------------------------------------------------------- schema, help and messages
+
+
+def schema_node() -> Any:
+    """LoadgenConfig as the OmegaConf node Hydra composes on, its dict options open to new keys.
+
+    Hydra sets struct mode on the whole config, which would make ``target.headers.X-Team=a``
+    need a '+' (Hydra reverted letting Dict-typed fields accept new keys, hydra#1421). A node
+    whose own struct flag is False keeps accepting keys under a struct root.
+    """
+    node = OmegaConf.structured(LoadgenConfig)
+    for key in dict_keys(LoadgenConfig):
+        OmegaConf.set_struct(OmegaConf.select(node, key), False)
+    return node
+
+
+def dict_keys(cls: type, prefix: str = "") -> list[str]:
+    """Dotted keys of every dict-typed option under dataclass ``cls`` (e.g. target.headers)."""
+    keys = []
+    for f in fields(cls):
+        tp = _field_types(cls)[f.name]
+        if typing.get_origin(tp) is dict:
+            keys.append(prefix + f.name)
+        elif is_dataclass(tp):
+            keys.extend(dict_keys(tp, f"{prefix}{f.name}."))
+    return keys
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types(cls: type) -> dict[str, Any]:
+    """Each field's type; an ``Any`` field with a dataclass default counts as that dataclass."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if hints[f.name] is Any and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+            if is_dataclass(default):
+                hints[f.name] = type(default)
+    return hints
+
+
+@functools.lru_cache(maxsize=None)
+def field_help(cls: type) -> dict[str, str]:
+    """The one-line description of each field of dataclass ``cls``: the ``# comment`` ending its line.
+
+    Input: a dataclass of this module. Output: {field name: description}; fields without a
+    trailing comment are left out. The comments stay the one place each option is described;
+    ``loadgen --help`` and error messages read them from here.
+    """
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments = {
+        tok.start[0]: tok.string.lstrip("#").strip()
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+        if tok.type == tokenize.COMMENT
+    }
+    klass = ast.parse(source).body[0]
+    assert isinstance(klass, ast.ClassDef)
+    out = {}
+    for node in klass.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.end_lineno in comments:
+            out[node.target.id] = comments[node.end_lineno]
+    return out
+
+
+def key_type(key: str) -> Any:
+    """The type of a dotted config key (``load.levels[0]`` -> float); None when there is no such key."""
+    tp: Any = LoadgenConfig
+    for part in key.replace("[", ".[").split("."):
+        if part.startswith("["):
+            args = typing.get_args(tp)
+            tp = args[0] if args else Any
+        elif is_dataclass(tp) and part in _field_types(tp):
+            tp = _field_types(tp)[part]
+        elif typing.get_origin(tp) is dict or tp is Any:
+            args = typing.get_args(tp)
+            tp = args[1] if len(args) == 2 else Any
+        else:
+            return None
+    return tp
+
+
+def key_help(key: str) -> Optional[str]:
+    """The one-line description of a dotted config key, or None."""
+    parent, _, name = key.partition("[")[0].rpartition(".")
+    owner = key_type(parent) if parent else LoadgenConfig
+    return field_help(owner).get(name) if is_dataclass(owner) else None
+
+
+def describe_type(tp: Any) -> str:
+    """What a value of type ``tp`` looks like on the command line, in a few words."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Union and type(None) in args:
+        return describe_type(next(a for a in args if a is not type(None))) + " or null"
+    simple = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if tp in simple:
+        return simple[tp]
+    if typing.get_origin(tp) is list:
+        return "a list such as [1,2]" if args and args[0] in (int, float) else "a list such as [a,b]"
+    if typing.get_origin(tp) is dict:
+        return "a mapping such as {name: value} (or one entry: KEY.NAME=VALUE)"
+    if is_dataclass(tp):
+        return "a group of keys (set them one by one: KEY.NAME=VALUE)"
+    return "a value"
+
+
+def unknown_key_message(key: str) -> str:
+    """The one-line error for a key that is not an option, with the nearest real key when there is one."""
+    parent, _, name = key.rpartition(".")
+    owner = key_type(parent) if parent else LoadgenConfig
+    if not is_dataclass(owner):
+        return f"config key '{key}' is not an option; expected a key that `loadgen --help` lists."
+    names = [f.name for f in fields(owner)]
+    close = difflib.get_close_matches(name, names, n=1)
+    where = f"{parent}." if parent else ""
+    if close:
+        return f"config key '{key}' is not an option; expected a key of {parent or 'loadgen'} - did you mean '{where}{close[0]}'? (`loadgen --help` lists every key)"
+    return f"config key '{key}' is not an option; expected one of {', '.join(where + n for n in names)}."
+
+
+def omegaconf_message(exc: OmegaConfBaseException, prefix: str = "") -> str:
+    """One line, in ConfigError's style, for an OmegaConf error about a key under ``prefix``."""
+    key = ".".join(p for p in (prefix, str(exc.full_key or "")) if p)
+    first = str(exc.msg or type(exc).__name__).splitlines()[0]
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)) or "not in struct" in first:
+        return unknown_key_message(key)
+    if isinstance(exc, MissingMandatoryValue):
+        return f"config key '{key}' is missing (???); expected a value: add {key}=..."
+    tp = key_type(key)
+    if isinstance(exc, ValidationError) and tp is not None:
+        about = key_help(key)
+        return f"config key '{key}' is {exc.value!r}; expected {describe_type(tp)}" + (f" ({about})." if about else ".")
+    return f"config key '{key}': {first}" if key else first

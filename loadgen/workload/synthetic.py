@@ -14,36 +14,19 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from loadgen.config import ConfigError, LengthDist, WorkloadConfig
-from loadgen.workload.empirical import COLUMNS as _EMPIRICAL_COLUMNS
+from loadgen.config import LENGTH_DISTS, LengthDist, WorkloadConfig, length_dist
 from loadgen.workload.empirical import empirical_values
 from loadgen.workload.errors import RowIssues
 from loadgen.workload.prompts import Synthesizer
 from loadgen.workload.trace import Source, request_ids, row_batch
 
-DISTS = ("fixed", "uniform", "normal", "lognormal", "empirical")
+DISTS = LENGTH_DISTS
 _BATCH = 1 << 16
 
 
 def check_dist(dist: LengthDist, key: str, minimum: int) -> None:
-    """Raise ConfigError naming ``key`` when a length distribution is not usable."""
-    if dist.dist not in DISTS:
-        raise ConfigError(f"config key '{key}.dist' is {dist.dist!r}; expected one of {', '.join(DISTS)}.")
-    if dist.min < minimum:
-        raise ConfigError(f"config key '{key}.min' is {dist.min}; expected an integer >= {minimum}.")
-    if dist.max < dist.min:
-        raise ConfigError(f"config key '{key}.max' is {dist.max}; expected an integer >= {key}.min ({dist.min}).")
-    if dist.std < 0:
-        raise ConfigError(f"config key '{key}.std' is {dist.std}; expected a non-negative number.")
-    if dist.dist == "lognormal" and dist.mean <= 0:
-        raise ConfigError(f"config key '{key}.mean' is {dist.mean}; expected a positive mean for a lognormal.")
-    if dist.dist == "empirical":
-        if not dist.path:
-            raise ConfigError(f"config key '{key}.path' is None; expected a trace file for dist=empirical.")
-        if dist.column not in _EMPIRICAL_COLUMNS:
-            raise ConfigError(
-                f"config key '{key}.column' is {dist.column!r}; expected one of {', '.join(_EMPIRICAL_COLUMNS)}."
-            )
+    """Raise ConfigError naming ``key`` when a length distribution is not usable (see config.check_length_dist)."""
+    length_dist(dist, key, minimum)
 
 
 def describe(dist: LengthDist) -> str:
@@ -70,7 +53,7 @@ def draw_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> tuple[np
         sigma2 = math.log1p((dist.std / dist.mean) ** 2)
         raw = np.rint(rng.lognormal(math.log(dist.mean) - sigma2 / 2, math.sqrt(sigma2), size=n))
     else:
-        values = empirical_values(str(dist.path), dist.column)
+        values = empirical_values(str(dist.path), dist.column or "input_tokens")
         raw = rng.choice(values, size=n).astype(np.float64)
     clipped = int(np.count_nonzero((raw < dist.min) | (raw > dist.max)))
     return np.clip(raw, dist.min, dist.max).astype(np.int64), clipped
@@ -78,20 +61,21 @@ def draw_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> tuple[np
 
 def read(cfg: WorkloadConfig, synth: Synthesizer) -> Source:
     """Draw ``num_requests`` rows of input/output lengths, seeded by ``workload.seed``."""
-    check_dist(cfg.input_tokens, "workload.input_tokens", 0)
-    check_dist(cfg.output_tokens, "workload.output_tokens", 1)
+    # A number means a fixed length, and an empirical dist resamples the column it draws.
+    in_dist = length_dist(cfg.input_tokens, "workload.input_tokens")
+    out_dist = length_dist(cfg.output_tokens, "workload.output_tokens")
     src = Source(path="synthetic", kind="synthetic", issues=RowIssues("synthetic"), has_arrivals=False)
     rng = np.random.default_rng(cfg.seed)
     n = cfg.num_requests
-    inputs, in_clipped = draw_lengths(cfg.input_tokens, n, rng)
-    outputs, out_clipped = draw_lengths(cfg.output_tokens, n, rng)
+    inputs, in_clipped = draw_lengths(in_dist, n, rng)
+    outputs, out_clipped = draw_lengths(out_dist, n, rng)
     src.notes.append(
-        f"synthetic: {n} requests, input_tokens {describe(cfg.input_tokens)}, "
-        f"output_tokens {describe(cfg.output_tokens)} (seed {cfg.seed})"
+        f"synthetic: {n} requests, input_tokens {describe(in_dist)}, "
+        f"output_tokens {describe(out_dist)} (seed {cfg.seed})"
     )
     for what, dist, clipped in (
-        ("input_tokens", cfg.input_tokens, in_clipped),
-        ("output_tokens", cfg.output_tokens, out_clipped),
+        ("input_tokens", in_dist, in_clipped),
+        ("output_tokens", out_dist, out_clipped),
     ):
         if clipped:
             src.notes.append(f"synthetic {what}: {clipped} draws clipped to [{dist.min}, {dist.max}]")
