@@ -1,8 +1,8 @@
 """Worker output to storage: Parquet parts written in place, or Arrow tables sent through Ray.
 
 Input: the Arrow tables (records, telemetry) a worker flushes. Output: parts in
-the run-directory layout, ``records/level=K/worker=W/part-*.parquet`` and
-``telemetry/worker=W/part-*.parquet``. A worker that shares a filesystem with
+the run-directory layout, ``records/level-K/worker-W/part-*.parquet`` and
+``telemetry/worker-W/part-*.parquet``. A worker that shares a filesystem with
 the driver writes them itself (``DirectSink``); any other worker sends its
 tables through the Ray object store to a ``Collector`` actor pinned to the
 driver's node, which writes them there (``CollectorSink``: no shared filesystem
@@ -87,11 +87,11 @@ class DirectSink:
             return writer
 
     def records(self, level: int, worker_id: int) -> PartTarget:
-        """A writer for ``records/level=K/worker=W`` under the records root."""
+        """A writer for ``records/level-K/worker-W`` (``layout.part_dir``) under the records root."""
         return self._writer(part_dir(records_root(self.run_uri, self.records_uri), level, worker_id))
 
     def telemetry(self, worker_id: int) -> PartTarget:
-        """A writer for ``telemetry/worker=W`` in the run directory."""
+        """A writer for ``telemetry/worker-W`` (``layout.telemetry_dir``) in the run directory."""
         return self._writer(telemetry_dir(self.run_uri, worker_id))
 
     def drain(self) -> None:

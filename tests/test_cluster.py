@@ -32,7 +32,7 @@ from loadgen.config import (
     WorkloadConfig,
     validate,
 )
-from loadgen.rundir import RECORD_SCHEMA, read_records
+from loadgen.rundir import RECORD_SCHEMA, part_dir, read_records, telemetry_dir
 from loadgen.worker import TargetSpec
 
 ray = pytest.importorskip("ray")
@@ -121,7 +121,7 @@ def batch(n: int, worker: int = 0, start: int = 0) -> pa.Table:
 
 def test_the_collector_writes_a_resent_batch_only_once(tmp_path):
     collector = Collector()
-    dest = str(tmp_path / "records" / "level=0" / "worker=3")
+    dest = part_dir(str(tmp_path / "records"), 0, 3)
     assert collector.write(dest, "src", 0, batch(5)) == 5
     assert collector.write(dest, "src", 0, batch(5)) == 0  # a retry of the same (source, seq)
     assert collector.write(dest, "src", 1, batch(2, start=5)) == 2
@@ -136,9 +136,9 @@ def test_records_uri_takes_the_records_and_the_run_dir_keeps_telemetry(tmp_path)
     sink.records(2, 4).write(batch(3, worker=4))
     sink.telemetry(4).write(pa.table({"t_ns": [1]}))
     assert read_records(f"file://{tmp_path}/bucket/run1").num_rows == 3
-    assert os.listdir(tmp_path / "bucket" / "run1") == ["level=2"]
+    assert len(os.listdir(tmp_path / "bucket" / "run1")) == 1 and os.listdir(part_dir(f"{tmp_path}/bucket/run1", 2, 4))
     assert not (tmp_path / "run" / "records").exists()
-    assert len(os.listdir(tmp_path / "run" / "telemetry" / "worker=4")) == 1
+    assert len(os.listdir(telemetry_dir(str(tmp_path / "run"), 4))) == 1
 
 
 # --------------------------------------------------------------------------- a 3-node cluster

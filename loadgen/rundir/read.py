@@ -24,7 +24,8 @@ from loadgen.rundir.layout import (
     RECORDS,
     SERVER_METRICS,
     is_part,
-    part_dir,
+    level_dirs,
+    part_dirs,
     records_root,
     run_file,
     telemetry_root,
@@ -60,13 +61,17 @@ def run_records_root(run_dir: str, meta: Optional[RunMeta]) -> str:
     return uri if uri and not os.path.isdir(local) else local
 
 
-def _part_files(fs: pafs.FileSystem, path: str) -> list[str]:
-    """Every complete part under ``path`` on ``fs``, sorted."""
-    selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
-    return sorted(i.path for i in fs.get_file_info(selector) if is_part(i.path))
+def _part_files(fs: pafs.FileSystem, *paths: str) -> list[str]:
+    """Every complete part under any of ``paths`` on ``fs``, sorted."""
+    found = []
+    for path in paths:
+        selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
+        found += [i.path for i in fs.get_file_info(selector) if is_part(i.path)]
+    return sorted(found)
 
 
 def _read(fs: pafs.FileSystem, files: list[str], columns: Optional[list[str]]) -> pa.Table:
+    """``files`` as one table with RECORD_SCHEMA (older parts' plain-string ``status`` is cast on the way)."""
     return ds.dataset(files, schema=RECORD_SCHEMA, filesystem=fs, format="parquet").to_table(columns=columns)
 
 
@@ -83,9 +88,9 @@ def read_records(run_dir_or_uri: str, columns: Optional[list[str]] = None) -> pa
 
 
 def read_level(root: str, level: int, columns: list[str]) -> pa.Table:
-    """One level's records (only ``columns``) under a records root: its ``level=K`` partition alone."""
+    """One level's records (only ``columns``) under a records root: its ``level-K`` directory alone."""
     fs, path = resolve_fs(root)
-    files = _part_files(fs, f"{path}/level={level}")
+    files = _part_files(fs, *level_dirs(path, level))
     return _read(fs, files, columns) if files else RECORD_SCHEMA.empty_table().select(columns)
 
 
@@ -94,7 +99,7 @@ def iter_level_tables(root: str, columns: list[str]) -> Iterator[tuple[int, pa.T
 
     The next level is read in a background thread while the caller works on
     the current one (Parquet decoding and numpy both release the GIL). Parts
-    outside a ``level=K`` directory are split by their ``level`` column.
+    outside a ``level-K`` directory are split by their ``level`` column.
     """
     fs, path = resolve_fs(root)
     files = _part_files(fs, path)
@@ -128,7 +133,7 @@ def iter_level_tables(root: str, columns: list[str]) -> Iterator[tuple[int, pa.T
 def worker_statuses(root: str, level: int, worker_id: int) -> Counter[str]:
     """Status counts of the records one worker wrote for one level (e.g. before it died)."""
     fs, path = resolve_fs(root)
-    files = _part_files(fs, part_dir(path, level, worker_id))
+    files = _part_files(fs, *part_dirs(path, level, worker_id))
     if not files:
         return Counter()
     return Counter(_read(fs, files, ["status"]).column("status").to_pylist())
