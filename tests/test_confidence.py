@@ -27,6 +27,8 @@ from loadgen.analysis.confidence import (
 from loadgen.analysis.metrics import PERCENTILE_NAMES, PERCENTILES, Sample
 from loadgen.analysis.summary import _sample_notes
 from loadgen.report import render_terminal
+from loadgen.report.html import render_html
+from loadgen.report.verdicts import num
 from test_report import make_run
 
 
@@ -157,6 +159,10 @@ def test_summary_files_and_report_carry_intervals_and_sample_notes(tmp_path):
     buf = io.StringIO()
     render_terminal(summary, Console(file=buf, width=250))
     assert f"level 2: p99 TTFT from {n} samples: too few to bound" in buf.getvalue()
+    page = render_html(summary, [])
+    assert "Confidence intervals" in page and f"level 2: p99 TTFT from {n} samples" in page
+    lo, hi = ttft["ci"]["p50"]
+    assert f"[{num(lo)}, {num(hi)}]" in page and "p99 needs ≥ 368" in page
 
 
 def test_no_sample_note_when_the_percentile_can_be_bounded(tmp_path):

@@ -14,8 +14,8 @@ import os
 from typing import Iterable, Optional, Sequence
 
 from loadgen.analysis import Comparison, LevelSummary, RunSummary
-from loadgen.analysis.confidence import DIFFERENT
-from loadgen.report.noise import value_text, verdict_text
+from loadgen.analysis.confidence import DIFFERENT, min_samples_for_upper
+from loadgen.report.noise import interval_text, value_text, verdict_text
 from loadgen.report.verdicts import load_words, num, pct, slo_words, verdicts
 from loadgen.rundir import ERROR_STATUSES, scrub
 from loadgen.rundir.layout import REPORT_HTML, run_file
@@ -106,6 +106,28 @@ def _omission_table(summary: RunSummary) -> str:
     )
 
 
+#: (column, distribution, percentile) of the run report's interval table.
+INTERVAL_COLUMNS = (("TTFT p50", "ttft", "p50"), ("TTFT p99", "ttft", "p99"), ("TPOT p50", "tpot", "p50"),
+                    ("TPOT p99", "tpot", "p99"), ("ITL p50", "itl", "p50"), ("ITL p99", "itl", "p99"),
+                    ("E2E p50", "e2e", "p50"), ("E2E p99", "e2e", "p99"))
+
+
+def _interval_table(summary: RunSummary) -> str:
+    """Each level's headline percentiles with their 95 % order-statistic intervals and sample counts."""
+    header = ["level", "load", "samples (TTFT / E2E)", *(f"{name} ms [95 % interval]" for name, _, _ in INTERVAL_COLUMNS)]
+    rows = []
+    for lv in _levels(summary):
+        m = lv.metrics
+        cells = [f"{num(getattr(getattr(m, d), stat))} {interval_text(getattr(m, d).ci.get(stat))}".strip()
+                 for _, d, stat in INTERVAL_COLUMNS]
+        rows.append([str(lv.level), load_words(lv), f"{m.ttft.count:,} / {m.e2e.count:,}", *cells])
+    return (
+        "<h2>Confidence intervals</h2><p>95 % distribution-free intervals from order statistics (the binomial "
+        f"method of MLPerf LoadGen's early stopping); — : too few samples to bound that side (p99 needs ≥ "
+        f"{min_samples_for_upper(99.0)}). See docs/metrics.md, “Confidence intervals”.</p>" + _table(header, rows)
+    )
+
+
 def _ledger_table(summary: RunSummary) -> str:
     classes = list(ERROR_STATUSES)
     header = ["level", "planned", "sent", "not sent", "ok", *classes, "cancelled", "lost", "records", "source", "closes"]
@@ -153,6 +175,7 @@ def render_html(summary: RunSummary, plots: Sequence[str]) -> str:
                 "Yellow rows: client-bound (loadgen itself may have limited the level).</p>")
     body += [_img(p) for p in plots]
     body.append(_omission_table(summary))
+    body.append(_interval_table(summary))
     body.append(_ledger_table(summary))
     if bound:
         body.append("<h2 class=\"warn\">Client-bound levels</h2><ul>" + "".join(bound) + "</ul>")
