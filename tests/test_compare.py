@@ -154,7 +154,10 @@ def _sim_run(out_dir: str, step_scale: float, seed: int) -> RunSummary:
 @pytest.mark.slow
 def test_report_on_simulator_runs_same_config_within_noise_and_twenty_percent_slower_different(tmp_path):
     a = _sim_run(str(tmp_path / "a"), 1.0, seed=0)
-    again = _sim_run(str(tmp_path / "again"), 1.0, seed=1)  # same configuration, other arrival draws
+    # The same configuration, arrival draws included: what differs is the machine's timing, as in a rerun.
+    # (Other arrival draws change the batch sizes, and with them TPOT, by about as much as the
+    # intervals' width: intervals from one run do not hold run-to-run variation; see docs/metrics.md.)
+    again = _sim_run(str(tmp_path / "again"), 1.0, seed=0)
     slower = _sim_run(str(tmp_path / "slower"), 1.2, seed=0)  # every engine step 20 % longer
     cmp = compare([a, again, slower])
     rows = {r.metric: r for r in cmp.rows if r.group == "level"}
