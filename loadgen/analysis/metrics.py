@@ -35,6 +35,7 @@ METRIC_COLUMNS = [
     "scheduled_ns",
     "sent_ns",
     "first_token_ns",
+    "first_answer_ns",
     "end_ns",
     "output_tokens",
     "chunk_ns",

@@ -265,7 +265,7 @@ def _plan(sat: Saturation, gcap: GoodputCapacity, analysis: AnalysisConfig) -> O
     )
 
 
-DIST_NAMES = ("ttft", "queued_ttft", "itl", "tpot", "e2e", "queued_e2e", "normalized", "schedule_lag")
+DIST_NAMES = ("ttft", "ttft_answer", "queued_ttft", "itl", "tpot", "e2e", "queued_e2e", "normalized", "schedule_lag")
 _NOT_OK = tuple(s for s in STATUSES if s != "ok")
 
 
