@@ -41,10 +41,14 @@ def level_table(summary: RunSummary) -> Table:
     """The per-level table: load, throughput, latency percentiles (ms), errors, goodput, flags."""
     open_loop = any(lv.open_loop for lv in summary.levels)
     streamed = any(lv.metrics.streamed for lv in summary.levels)
+    # a reasoning model: the first answer token comes after the thinking, so it gets its own column
+    reasoned = streamed and any(lv.metrics.ttft_answer.p50 not in (None, lv.metrics.ttft.p50) for lv in summary.levels)
     table = Table(title=f"loadgen · {summary.run_id} · steady-state window per level", title_justify="left")
     columns = ["level", "offered req/s" if open_loop else "streams", "achieved req/s", "output tok/s"]
     if streamed:
         columns += ["TTFT p50 ms", "TTFT p99 ms"]
+        if reasoned:
+            columns.append("answer TTFT p50 ms")
         if open_loop:
             columns.append("queued TTFT p99 ms")
         columns += ["TPOT p50 ms", "TPOT p99 ms", "ITL p99 ms"]
@@ -67,6 +71,8 @@ def level_table(summary: RunSummary) -> Table:
         row = [str(lv.level), num(lv.load), num(m.achieved_rps), num(m.output_tok_s)]
         if streamed:
             row += [num(m.ttft.p50), num(m.ttft.p99)]
+            if reasoned:
+                row.append(num(m.ttft_answer.p50))
             if open_loop:
                 row.append(num(m.queued_ttft.p99))
             row += [num(m.tpot.p50), num(m.tpot.p99), num(m.itl.p99)]
