@@ -151,6 +151,7 @@ def fit_runs(
         step_base_ms=max(value("step_base_ms", base.step_base_ms), 1e-3),
         step_per_seq_ms=max(value("step_per_seq_ms", 0.0), 0.0),
         step_per_prefill_token_ms=max(value("step_per_prefill_token_ms", 0.0), 0.0),
+        request_overhead_ms=max(value("request_overhead_ms", 0.0), 0.0),
         prefix_caching=caching,
         tokens_per_chunk=k,
         model=obs.model or base.model,

@@ -14,9 +14,9 @@ sleeps and no socket is opened.
 Balancers: ``round-robin`` (request k to replica k mod N), ``least-outstanding``
 (the replica with the fewest unfinished requests, lowest index on ties) and
 ``prefix-affine`` (the hash of the prompt's first KV block picks the replica, so
-shared prefixes hit one replica's prefix cache, unless that replica has more than
-1.25× the mean outstanding requests plus one: then the least-outstanding one —
-consistent hashing with bounded load).
+shared prefixes hit one replica's prefix cache, unless that replica has no free
+slot and more than 1.25× the mean outstanding requests plus one: then the
+least-outstanding one — consistent hashing with bounded load).
 """
 
 from __future__ import annotations
@@ -133,8 +133,13 @@ class Fleet:
         least = min(reps, key=_outstanding)
         if self.balancer == "least-outstanding":
             return least
-        key = seq.block_hashes[0] if seq.block_hashes else hash(seq.prompt_tokens)
-        r = reps[key % n]
+        if not seq.block_hashes:  # a prompt shorter than a block has no prefix to keep together
+            r = reps[self._next % n]
+            self._next += 1
+            return r
+        r = reps[seq.block_hashes[0] % n]
+        if r.outstanding < self.profile.max_num_seqs:
+            return r  # a free slot there: the prefix cache decides
         mean = sum(x.outstanding for x in reps) / n
         return r if r.outstanding <= 1.25 * mean + 1 else least
 

@@ -72,12 +72,13 @@ def _now_iso() -> str:
 class _Rows:
     """Column access to a level's shard, and each row's engine sequence as the simulator would build it."""
 
-    def __init__(self, shard: pa.Table, profile: SimProfile, api: str) -> None:
+    def __init__(self, shard: pa.Table, profile: SimProfile, api: str, affine: bool = False) -> None:
         self.table = shard
         self.cols = {n: shard.column(n).to_pylist() for n in ("request_id", "session_id", "turn", "input_tokens", "output_tokens")}
         self.prompts = shard.column("prompt").to_pylist()
         self.messages = shard.column("messages").to_pylist() if api == "chat" else None
         self.profile = profile
+        self.affine = affine  # the balancer needs the first block's hash even without prefix caching
 
     def seq(self, k: int) -> Seq:
         """The engine sequence of row ``k``: prompt tokens counted (and hashed) as the simulator's server does."""
@@ -89,7 +90,8 @@ class _Rows:
         # the simulator counts a prompt's words; a row without text is taken at its token count
         n_prompt = len(words) if words else max(int(self.cols["input_tokens"][k] or 1), 1)
         out = max(int(self.cols["output_tokens"][k] or 1), 1)
-        hashes = block_hashes(words, self.profile.block_size) if self.profile.prefix_caching and words else ()
+        bs = self.profile.block_size
+        hashes = block_hashes(words, bs) if self.profile.prefix_caching else block_hashes(words[:bs], bs) if self.affine else ()
         return Seq(n_prompt, out, max_tokens=out, block_hashes=hashes)
 
 
@@ -204,12 +206,12 @@ def _predict_level(cfg: LoadgenConfig, cursor: RequestCursor, spec: LevelSpec, s
     fleet = state.fleet
     plan = plan_level(cursor, spec, load, 1)
     shard = plan.shards[0]
-    rows = _Rows(shard, fleet.profile, cfg.target.api)
+    rows = _Rows(shard, fleet.profile, cfg.target.api, affine=fleet.balancer == "prefix-affine" and len(fleet.replicas) > 1)
     t0 = state.clock + LEVEL_GAP_S
     send_end = t0 + plan.duration_s
     deadline = send_end + load.drain_s
     think = load.think_time_s
-    overhead = getattr(fleet.profile, "request_overhead_ms", 0.0) / 1000.0
+    overhead = fleet.profile.request_overhead_ms / 1000.0
     sent: list[_Sent] = []
     client: list[tuple[float, int, str, Any]] = []  # (time, tie-break, kind, payload)
     tick = 0

@@ -26,7 +26,7 @@ def write_twin(path: str, profile: SimProfile, fit: Optional[dict[str, Any]] = N
         "#   loadgen target=sim target.sim_profile=THIS_FILE ...     # serve it live\n"
         "#   loadgen-twin predict THIS_FILE [loadgen overrides]      # predict a run offline, in virtual time\n"
     )
-    body = {"kind": "sim", "engine": "sim", "sim": _plain(dataclasses.asdict(profile))}
+    body = {"kind": "sim", "engine": "sim", "sim": _plain(dataclasses.asdict(profile), rounded=False)}
     if fit is not None:
         body["fit"] = _plain(fit)
     with open(path, "w", encoding="utf-8") as f:
@@ -44,14 +44,14 @@ def read_twin(path: str) -> tuple[SimProfile, dict[str, Any]]:
     return profile, dict(fit or {})
 
 
-def _plain(obj: Any) -> Any:
-    """Numpy scalars and tuples turned into plain YAML-safe values (floats rounded to 6 significant digits)."""
+def _plain(obj: Any, rounded: bool = True) -> Any:
+    """Numpy scalars and tuples turned into plain YAML-safe values (``rounded``: floats to 6 significant digits)."""
     if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): _plain(v, rounded) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [_plain(v, rounded) for v in obj]
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
         obj = obj.item()
-    if isinstance(obj, float):
+    if isinstance(obj, float) and rounded:
         return float(f"{obj:.6g}")
     return obj
