@@ -180,3 +180,39 @@ def test_the_documented_duckdb_example_runs_and_gives_the_numbers(run):
     got = {int(r[0]): (int(r[1]), int(r[2]), round(float(r[3]), 6)) for r in result}
     assert got == expected_per_level(rows)
     assert all(r[4].year == 2025 for r in result)  # first_sent: the epoch-ns column as a timestamp
+
+
+# ----------------------------------------------------------------------------- a real run, written by the workers
+
+
+@pytest.mark.slow
+def test_a_real_run_opens_in_every_tool_and_counts_what_its_ledger_says(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from loadgen.config import ClusterConfig, LengthDist, LoadConfig, LoadgenConfig, SimProfile, SLOConfig, TargetConfig, WorkloadConfig
+    from loadgen.runner import run as run_loadgen
+
+    config = LoadgenConfig(
+        target=TargetConfig(kind="sim", sim=SimProfile(name="small", max_num_seqs=16, step_base_ms=5, step_per_seq_ms=0.2)),
+        workload=WorkloadConfig(num_requests=200, input_tokens=LengthDist(mean=16), output_tokens=LengthDist(mean=8)),
+        load=LoadConfig(kind="rate", levels=[10, 20], duration_s=2, warmup_s=0.5, drain_s=5, seed=0),
+        cluster=ClusterConfig(num_cpus=2, workers=2),
+        slo=SLOConfig(ttft_ms=None, tpot_ms=None),
+        progress=False,
+    )
+    run_dir = tmp_path / "run"
+    meta = run_loadgen(config, str(run_dir), console=Console(file=io.StringIO()))
+    sent = {lv.level: lv.ledger.sent for lv in meta.levels}
+    assert sum(sent.values()) > 0
+    for table, (where, schema, _) in TABLES.items():
+        for reader, read in READERS.items():
+            n, columns = _frame(read(where(run_dir)))
+            assert sorted(columns) == sorted(schema.names), (table, reader)
+            if table == "records":
+                assert n == sum(sent.values()), reader
+            else:
+                assert n > 0, (table, reader)
+    sql = doc_example("sql").replace("'RUN/", f"'{run_dir}/")
+    assert {int(r[0]): int(r[1]) for r in duckdb.sql(sql).fetchall()} == sent
