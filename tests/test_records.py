@@ -105,3 +105,15 @@ def test_a_run_directory_in_the_older_hive_layout_still_reads_with_loadgens_read
     assert read_level(str(records), 0, ["request_id"]).num_rows == 3
     assert [(lv, t.num_rows) for lv, t in iter_level_tables(str(records), ["status"])] == [(0, 3), (1, 1)]
     assert worker_statuses(str(records), 0, 1) == {"timeout": 1}
+
+
+def test_levels_are_found_below_the_records_root_whatever_the_root_is_called(tmp_path):
+    root = tmp_path / "level-7" / "records"  # a root whose own path looks like a level directory
+    for level in (0, 2):
+        buf = RecordBuffer()
+        buf.append({"request_id": f"r{level}", "level": level, "status": "ok"})
+        PartWriter(part_dir(str(root), level, 0)).write(to_batch(buf.take()))
+    assert [(lv, t.column("request_id").to_pylist()) for lv, t in iter_level_tables(str(root), ["request_id"])] == [
+        (0, ["r0"]), (2, ["r2"])
+    ]
+    assert [lv for lv, _ in iter_level_tables(f"file://{root}/", ["request_id"])] == [0, 2]

@@ -106,7 +106,8 @@ def iter_level_tables(root: str, columns: list[str]) -> Iterator[tuple[int, pa.T
     by_level: dict[int, list[str]] = {}
     loose: list[str] = []
     for f in files:
-        m = LEVEL_IN_PATH.search(f)
+        # Below the root only: the root's own path may hold a "/level-3/" of its own.
+        m = LEVEL_IN_PATH.search(f[len(path.rstrip("/")):])
         (by_level.setdefault(int(m.group(1)), []) if m else loose).append(f)
     loose_table = _read(fs, loose, columns + ["level"]) if loose else None
     levels = set(by_level)
