@@ -430,3 +430,87 @@ def test_timeouts_default_through_open_pool():
     pool = open_pool(TargetConfig(kind="openai", timeout_s=7, stall_timeout_s=3, connect_timeout_s=2), "http://h/v1",
                      now=time.monotonic_ns, headers={})
     assert pool.timeouts == Timeouts(total_s=7, stall_s=3, connect_s=2)
+
+
+def test_a_redirected_target_says_where_the_load_went_in_run_json():
+    from loadgen.target import ResolvedTarget
+
+    moved = ResolvedTarget("http://b:8000/v1", "m", "openai", "vllm", requested_url="http://a:8000/v1",
+                           redirects=["http://a:8000/v1/completions"])
+    assert moved.summary()["url"] == "http://b:8000/v1" and moved.summary()["requested_url"] == "http://a:8000/v1"
+    assert "redirects" not in ResolvedTarget("http://a:8000/v1", "m", "openai", "vllm").summary()
+
+
+@pytest.mark.skipif(not __import__("test_client_http")._kernel_stamps_work(), reason="no TCP receive timestamps here")
+def test_kernel_stamps_survive_a_connect_tunnel_and_tls(pki):
+    """Tokens 100 ms apart through a proxy and TLS; the client loop stalls meanwhile: each keeps its arrival time."""
+    import threading
+
+    written: list[int] = []
+    server_ctx = server_context(pki)
+    origin = socket.create_server(("127.0.0.1", 0))
+    proxy = socket.create_server(("127.0.0.1", 0))
+
+    def serve_origin() -> None:
+        conn, _ = origin.accept()
+        with server_ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(65536)
+            tls.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for text in (b"a", b"b", b"c"):
+                time.sleep(0.1)
+                written.append(time.monotonic_ns())
+                event = b'data: {"id":"c","choices":[{"text":"%s"}]}\n\n' % text
+                tls.sendall(b"%x\r\n%s\r\n" % (len(event), event))
+            tls.sendall(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def serve_proxy() -> None:
+        client, _ = proxy.accept()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += client.recv(4096)
+        upstream = socket.create_connection(origin.getsockname())
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+        pipe(client, upstream)
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (serve_origin, serve_proxy)]
+    for t in threads:
+        t.start()
+
+    async def go():
+        target = TargetConfig(kind="openai", proxy=f"http://127.0.0.1:{proxy.getsockname()[1]}",
+                              tls=TLSConfig(ca_file=str(pki["ca_pem"])), timeout_s=10, stall_timeout_s=5)
+        pool = open_pool(target, f"https://{HOST}:{origin.getsockname()[1]}/v1", now=time.monotonic_ns, headers={})
+        loop = asyncio.get_running_loop()
+
+        def arm() -> None:  # once token a is written, block the loop from 50 to 160 ms after it: across token b
+            if written:
+                loop.call_later(0.05, time.sleep, 0.11)
+            else:
+                loop.call_later(0.005, arm)
+
+        loop.call_soon(arm)
+        rec = await one(pool)
+        await pool.close()
+        return rec
+
+    rec = asyncio.run(go())
+    for t in threads:
+        t.join(5)
+    origin.close()
+    proxy.close()
+    assert rec["status"] == "ok" and len(rec["chunk_ns"]) == 3, rec.get("error")
+    errors_ms = [(got - sent) / 1e6 for got, sent in zip(rec["chunk_ns"], written)]
+    assert all(-1 < e < 20 for e in errors_ms), errors_ms  # token b would read ~50 ms late if stamped when read

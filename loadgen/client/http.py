@@ -274,8 +274,16 @@ class _Connection:
             self._lost(None)
             return
         ex = self.exchange
-        if ex is None:  # bytes on an idle connection: nothing sane can follow
-            self.abort()
+        if ex is None:  # bytes on an idle connection
+            if self.tls is not None:
+                try:
+                    plain = self.tls.decrypt(pool._read_view[:n])
+                except ssl.SSLError as exc:
+                    self._lost(exc)
+                    return
+                if not plain:
+                    return  # TLS's own records (a TLS 1.3 session ticket after the handshake): not HTTP
+            self.abort()  # HTTP bytes nobody asked for: nothing sane can follow
             return
         t = ex.now()
         if anc:
