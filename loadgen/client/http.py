@@ -228,6 +228,9 @@ class _Connection:
     def start(self, exchange: Exchange, request: bytes) -> None:
         self.exchange = exchange
         self.parser = exchange.parser = httptools.HttpResponseParser(exchange)
+        if self.closed:  # the server closed it between the connect and this request: say so, not EBADF
+            self._lost(None)
+            return
         self._write(request)
 
     # ------------------------------------------------------------------ writing
