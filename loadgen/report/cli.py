@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 from typing import Optional, Sequence, TypeVar
 
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
-from loadgen.config import AnalysisConfig, ConfigError, LoadgenConfig, SLOConfig, validate
+from loadgen.config import AnalysisConfig, ConfigError, LoadgenConfig, SLOConfig, omegaconf_message, validate
 from loadgen.report import compare_runs, report_run
 from loadgen.rundir import RunDirError, read_meta
 from loadgen.rundir.layout import RUN_JSON, records_root, run_file
@@ -37,11 +40,19 @@ first at every common level and at saturation.
 """
 
 EPILOG = """\
+overrides: KEY=VALUE, as for loadgen (slo.* and analysis.* keys; null unsets an SLO);
+the older --slo.ttft_ms 500 spelling works too.
+
 examples:
-  loadgen-report outputs/2026-11-22/01-02-03
-  loadgen-report RUN --slo.ttft_ms 500 --slo.tpot_ms 50 --analysis.target_rate 400
-  loadgen-report RUN_VLLM RUN_LLAMACPP --out compare/
+  loadgen-report runs/2026-11-22_01-02-03
+  loadgen-report runs/2026-11-22_01-02-03 slo.ttft_ms=500 slo.tpot_ms=50 analysis.target_rate=400
+  loadgen-report runs/vllm runs/llamacpp --out runs/vllm-vs-llamacpp
 """
+
+#: A command-line word that is an override (KEY=VALUE) rather than a run directory.
+_OVERRIDE = re.compile(r"^\+?[A-Za-z_][\w.]*=")
+#: The config sections loadgen-report may change: the rest is fixed by what the run recorded.
+_SECTIONS = {"slo": SLOConfig, "analysis": AnalysisConfig}
 
 
 def _optional_float(text: str) -> Optional[float]:
@@ -61,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run_dirs", nargs="+", metavar="DIR", help="run directory (holds run.json and records/)")
+    p.add_argument("run_dirs", nargs="+", metavar="DIR|KEY=VALUE",
+                   help="run directory (holds run.json and records/); KEY=VALUE overrides an slo.* or analysis.* key")
     p.add_argument("--out", metavar="OUT", help="output directory (default: DIR for one run, ./loadgen-comparison for several)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs and report.html (one run)")
     options = (
@@ -90,8 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``loadgen-report``; return the exit status."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # DIRs and KEY=VALUE may come after options
     console = Console()
+    args.run_dirs, overrides = split_overrides(args.run_dirs)
+    if not args.run_dirs:
+        console.print("loadgen-report: no run directory given; expected DIR [DIR ...] [KEY=VALUE ...]", style="red", markup=False)
+        return 2
     missing = [d for d in args.run_dirs if not os.path.isdir(d)]
     if missing:
         console.print(f"loadgen-report: not a directory: {', '.join(missing)}", style="red", markup=False, soft_wrap=True)
@@ -104,8 +120,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         meta = read_meta(args.run_dirs[0])
         config = meta.config if meta is not None else {}
-        slo = _apply(SLOConfig, config, args, "slo")
-        analysis = _apply(AnalysisConfig, config, args, "analysis")
+        given = parse_overrides(overrides)
+        slo = _apply(SLOConfig, config, args, "slo", given["slo"])
+        analysis = _apply(AnalysisConfig, config, args, "analysis", given["analysis"])
         validate(LoadgenConfig(slo=slo, analysis=analysis))
         if len(args.run_dirs) == 1:
             out = args.out or args.run_dirs[0]
@@ -121,10 +138,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _apply(cls: type[T], config: dict, args: argparse.Namespace, section: str) -> T:
-    """The run's config section with the options given on the command line applied over it."""
-    given = {f.name: getattr(args, f"{section}_{f.name}") for f in dataclasses.fields(cls) if hasattr(args, f"{section}_{f.name}")}
-    return dataclasses.replace(dataclass_from_dict(cls, config.get(section)), **given)
+def split_overrides(words: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split the positional words into run directories and KEY=VALUE overrides.
+
+    A word that names an existing directory is a run, even with an '=' in it (Hydra's multirun
+    subdirectories are named after their overrides, e.g. ``0_target=sim``).
+    """
+    dirs, overrides = [], []
+    for word in words:
+        (overrides if _OVERRIDE.match(word) and not os.path.isdir(word) else dirs).append(word)
+    return dirs, overrides
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, dict]:
+    """``slo.ttft_ms=500``-style overrides as {section: {key: value}}; values parsed as loadgen's (YAML).
+
+    Raises ConfigError naming the key for a key outside slo.* and analysis.*.
+    """
+    given: dict[str, dict] = {name: {} for name in _SECTIONS}
+    for item in overrides:
+        key = item.lstrip("+").partition("=")[0]
+        section, _, name = key.partition(".")
+        if section not in _SECTIONS or not name or "." in name:
+            raise ConfigError(
+                f"config key '{key}' cannot be changed by loadgen-report; expected an slo.* or analysis.* key "
+                "(the run's other settings are fixed by what it recorded)."
+            )
+        parsed = OmegaConf.from_dotlist([item.lstrip("+")])
+        given[section][name] = OmegaConf.to_container(parsed)[section][name]
+    return given
+
+
+def _apply(cls: type[T], config: dict, args: argparse.Namespace, section: str, given: Optional[dict] = None) -> T:
+    """The run's config section with the options given on the command line applied over it.
+
+    ``--section.key VALUE`` options come first, then ``section.key=VALUE`` overrides; OmegaConf
+    checks each value's type, and a wrong one is a ConfigError naming the key.
+    """
+    options = {f.name: getattr(args, f"{section}_{f.name}") for f in dataclasses.fields(cls) if hasattr(args, f"{section}_{f.name}")}
+    base = dataclasses.replace(dataclass_from_dict(cls, config.get(section)), **options)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(base), given or {}))  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(omegaconf_message(exc, section)) from None
 
 
 if __name__ == "__main__":
