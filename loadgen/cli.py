@@ -24,6 +24,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
@@ -173,17 +174,37 @@ def _without_hydra(config: DictConfig) -> Any:
 
 
 def remove_hydra_leftovers(run_dir: str) -> bool:
-    """Remove what Hydra wrote into ``run_dir`` and the directory, when nothing else is in it.
+    """Remove what Hydra wrote for a refused job: its directory, then the sweep's, when nothing else is in them.
 
     Input: a job's output directory. Output: True when it was removed. Used when a multirun
-    job's config is refused (Hydra creates the job's directory before the app sees the config).
+    job's config is refused (Hydra creates the job's directory, and the sweep's with its
+    multirun.yaml, before the app sees the config); emptied parents inside the working
+    directory (runs/) go too.
     """
-    root = Path(run_dir)
+    job = Path(run_dir)
+    if not _remove_if_only(job, _HYDRA_FILES):
+        return False
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN else None
+    if sweep_dir is not None and job.parent.resolve() == sweep_dir.resolve():
+        _remove_if_only(sweep_dir, ("multirun.yaml",))
+    cwd, parent = Path.cwd().resolve(), job.parent.resolve()
+    while parent != cwd and cwd in parent.parents:
+        if parent.is_dir():
+            if any(parent.iterdir()):
+                break
+            parent.rmdir()
+        parent = parent.parent
+    return True
+
+
+def _remove_if_only(root: Path, names: tuple[str, ...]) -> bool:
+    """Remove directory ``root`` when it holds nothing but ``names`` (relative paths; cli.log only if empty)."""
     if not root.is_dir():
         return False
     found = {p.relative_to(root).as_posix() for p in root.rglob("*")}
     log = root / "cli.log"
-    if not found <= set(_HYDRA_FILES) or (log.exists() and log.stat().st_size > 0):
+    if not found <= set(names) or (log.exists() and log.stat().st_size > 0):
         return False
     shutil.rmtree(root)
     return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,6 +54,55 @@ def test_unreachable_target_fails_fast_with_the_url(tmp_path):
     assert res.returncode == 2
     assert "http://127.0.0.1:9/v1/models" in res.stdout + res.stderr
     assert time.monotonic() - t0 < 60
+    # The run had started (run.json written): it says it failed, and why.
+    meta = json.loads((tmp_path / "run.json").read_text())
+    assert meta["status"] == "failed"
+    assert "http://127.0.0.1:9/v1/models" in meta["reason"]
+
+
+def _in(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``loadgen ARGS`` run in ``cwd`` with Hydra's default run directory (runs/<date>_<time> there)."""
+    return subprocess.run(
+        [sys.executable, "-m", "loadgen.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+        env={**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (["+load.foo=1"], "'load.foo' is not an option"),
+        (["load.foo=1"], "'load.foo' is not an option"),
+        (["load.duration_s=abc"], "'load.duration_s' is 'abc'; expected a number"),
+        (["load=foo"], "config group 'load' has no option 'foo'"),
+        (["load.duration_s=-1"], "'load.duration_s' is -1.0; expected a positive"),
+        (["workload.input_tokens=-3"], "'workload.input_tokens' is -3; expected"),
+        (["-m", "load.duration_s=-1,1"], "'load.duration_s' is -1.0; expected a positive"),
+    ],
+)
+def test_a_user_error_is_one_line_and_creates_nothing(tmp_path, args, key):
+    res = _in(tmp_path, *args)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip() and "[HYDRA]" not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], lines
+    assert list(tmp_path.iterdir()) == []  # no runs/<ts>/ left behind
+
+
+def test_hydra_full_error_keeps_the_traceback(tmp_path):
+    res = _in(tmp_path, "load.foo=1", env={"HYDRA_FULL_ERROR": "1"})
+    assert res.returncode != 0
+    assert "Traceback" in res.stderr and "load.foo" in res.stderr
+
+
+def test_help_lists_every_key_with_its_description(tmp_path):
+    res = _in(tmp_path, "--help")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "== Configuration groups" in out and "== load: How hard to push" in out
+    assert re.search(r"^  load\.duration_s=\S+ +length of each level's sending phase$", out, re.M)
+    assert re.search(r"^  target\.headers=\{\} +extra HTTP headers", out, re.M)
+    assert "e.g. loadgen target=vllm" in out and "$$" not in out
+    assert list(tmp_path.iterdir()) == []
 
 
 def _listening_ports(pids: set[int]) -> list[str]:
