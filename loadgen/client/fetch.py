@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 from urllib.parse import urljoin, urlsplit
 
-from loadgen.client.http import ConnectionPool, Exchange, HTTPError, request_path
+from loadgen.client.http import ConnectionPool, Disconnected, Exchange, HTTPError, request_path
 
 #: Redirects followed in a row before giving up (browsers allow about 20; a server needs one or two).
 MAX_REDIRECTS = 5
@@ -107,8 +107,16 @@ async def fetch(
     redirects: list[str] = []
     while True:
         pool = origins.pool(url)
+        request = pool.request_bytes(request_path(url), body, headers or {}, method)
         exchange = _Whole(pool, max_bytes)
-        await pool.send(pool.request_bytes(request_path(url), body, headers or {}, method), exchange, on_sent=_nothing)
+        try:
+            await pool.send(request, exchange, on_sent=_nothing)
+        except Disconnected as exc:
+            if not (exc.before_response and exc.reused):
+                raise
+            # a kept-alive connection the server had closed meanwhile: nothing reached it, ask once more
+            exchange = _Whole(pool, max_bytes)
+            await pool.send(request, exchange, on_sent=_nothing)
         following = redirect_target(url, exchange.status, exchange.headers)
         if following is None:
             data = b"".join(exchange.parts)
