@@ -202,6 +202,8 @@ class _Response(Exchange):
 
     def _lf(self, data: bytes) -> bytes:
         """``data`` with CRLF and CR line endings made LF, a CRLF split across two reads included."""
+        if not data:  # (a decompressor between two whole blocks): keep the pending CR for the next read
+            return data
         if self.cr and data[:1] == b"\n":
             data = data[1:]
         self.cr = data[-1:] == b"\r"
