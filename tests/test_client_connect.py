@@ -514,3 +514,33 @@ def test_kernel_stamps_survive_a_connect_tunnel_and_tls(pki):
     assert rec["status"] == "ok" and len(rec["chunk_ns"]) == 3, rec.get("error")
     errors_ms = [(got - sent) / 1e6 for got, sent in zip(rec["chunk_ns"], written)]
     assert all(-1 < e < 20 for e in errors_ms), errors_ms  # token b would read ~50 ms late if stamped when read
+
+
+def test_an_address_that_failed_is_tried_last_until_the_name_is_looked_up_again(monkeypatch):
+    import loadgen.client.http as http
+
+    dialled: list[tuple] = []
+    real = http._open_socket
+
+    async def watched(family, addr):
+        dialled.append(addr)
+        return await real(family, addr)
+
+    monkeypatch.setattr(http, "_open_socket", watched)
+    dead = refused_port()
+
+    async def go():
+        async with RawServer(sse_ok()) as srv:
+            port = int(srv.url.split(":")[2].split("/")[0])
+
+            async def resolver(host, p):
+                return infos(("127.0.0.1", port), ("127.0.0.1", dead))  # the second answer refuses
+
+            pool = ConnectionPool(f"http://{HOST}:{port}/v1", now=time.monotonic_ns, keep_alive=False, resolver=resolver)
+            recs = [await one(pool) for _ in range(4)]  # new connections start at each address in turn
+            await pool.close()
+            return recs
+
+    recs = asyncio.run(go())
+    assert [r["status"] for r in recs] == ["ok"] * 4
+    assert [a[1] for a in dialled].count(dead) == 1  # refused once, then never first again

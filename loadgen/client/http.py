@@ -424,6 +424,7 @@ class ConnectionPool:
         self._addrs_at = -math.inf
         self._lookup: Optional[asyncio.Future] = None
         self._turn = 0  # which address the next connection starts with
+        self._failed: set = set()  # addresses that failed to connect since the last lookup
         # one read buffer for every connection: the loop is single-threaded and each read is parsed at once
         self._read_buffer = bytearray(_READ_SIZE)
         self._read_buffers = [self._read_buffer]
@@ -491,7 +492,10 @@ class ConnectionPool:
         addrs = await self._addresses(host, port)
         start = self._turn % len(addrs)
         self._turn += 1
-        sock = await _race(addrs[start:] + addrs[:start])
+        order = addrs[start:] + addrs[:start]
+        if self._failed:  # an address that failed lately is tried last, not first for every other connection
+            order = [a for a in order if a[1] not in self._failed] + [a for a in order if a[1] in self._failed]
+        sock = await _race(order, self._failed)
         try:
             if self.proxy is not None and self.ssl is not None:
                 host = f"[{self.host}]" if ":" in self.host else self.host
@@ -524,6 +528,7 @@ class ConnectionPool:
 
     def _looked_up(self, lookup: asyncio.Future) -> None:
         self._lookup = None
+        self._failed.clear()  # a new answer: every address gets a fresh chance
         if not lookup.cancelled():
             lookup.exception()  # retrieved: a failed lookup nobody awaited any more is not an error to log
 
@@ -588,8 +593,11 @@ async def _open_socket(family: int, addr: tuple) -> socket.socket:
     return sock
 
 
-async def _race(addrs: list[tuple[int, tuple]]) -> socket.socket:
-    """Connect to the first address that answers, starting the next when one fails or after 250 ms."""
+async def _race(addrs: list[tuple[int, tuple]], failed: set) -> socket.socket:
+    """Connect to the first address that answers, starting the next when one fails or after 250 ms.
+
+    Addresses that failed are added to ``failed``.
+    """
     if len(addrs) == 1:
         return await _open_socket(*addrs[0])
     waiting = list(addrs)
@@ -611,6 +619,7 @@ async def _race(addrs: list[tuple[int, tuple]]) -> socket.socket:
                 if task.exception() is None:
                     won = won or task
                 else:
+                    failed.add(tasks[task])
                     errors.append(f"{_format_addr(tasks[task])}: {_reason(task.exception())}")
     finally:
         for task in tasks:
