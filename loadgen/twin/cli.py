@@ -27,12 +27,14 @@ def compose(overrides: Sequence[str]) -> LoadgenConfig:
     """The validated config ``loadgen`` would run with these Hydra overrides."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    import loadgen.cli  # noqa: F401  (registers the config schema with Hydra's ConfigStore)
     from loadgen.paths import conf_dir
 
+    # conf/config.yaml's defaults start with the typed schema, registered as `loadgen` registers it
+    ConfigStore.instance().store(name="loadgen_schema", node=LoadgenConfig)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         node = hydra_compose(config_name="config", overrides=list(overrides))
