@@ -537,6 +537,7 @@ def test_an_address_that_failed_is_tried_last_until_the_name_is_looked_up_again(
                 return infos(("127.0.0.1", port), ("127.0.0.1", dead))  # the second answer refuses
 
             pool = ConnectionPool(f"http://{HOST}:{port}/v1", now=time.monotonic_ns, keep_alive=False, resolver=resolver)
+            pool.dns_ttl_s = 600.0  # one lookup for the whole test, however slow the machine
             recs = [await one(pool) for _ in range(4)]  # new connections start at each address in turn
             await pool.close()
             return recs
