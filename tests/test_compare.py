@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
+from contextlib import redirect_stdout
 from typing import Optional
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
@@ -18,9 +21,11 @@ from loadgen.analysis.confidence import DIFFERENT, TOO_FEW, WITHIN_NOISE, compar
 from loadgen.analysis.metrics import Dist
 from loadgen.analysis.saturation import Knee, Saturation
 from loadgen.config import AnalysisConfig, SLOConfig
+from loadgen.report.cli import main
 from loadgen.report.html import render_comparison_html
 from loadgen.report.terminal import render_comparison
 from loadgen.rundir import Ledger
+from test_report import make_run
 
 MS = 1_000_000
 WINDOW_S = 60.0
@@ -123,6 +128,24 @@ def test_summary_line_and_rendering():
     assert "different (1.2" in page and "6 of 10 metrics differ beyond noise" in page
     verdict_rows = [r for r in cmp.rows if r.group == "verdict"]
     assert verdict_rows and all(r.verdicts == [None, None] for r in verdict_rows)  # no interval: the ratio only
+
+
+def test_cli_writes_intervals_and_verdicts(tmp_path):
+    a, b, out = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "cmp")
+    make_run(a)
+    make_run(b, slowdown=1.2)
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert main([a, b, "--out", out, "--no-plots"]) == 0
+    assert "b vs a: " in buf.getvalue() and "metrics differ beyond noise" in buf.getvalue()
+    saved = json.load(open(os.path.join(out, "comparison.json")))
+    assert saved["summary"] and saved["summary"][0].startswith("b vs a: ")
+    rows = {(r["load"], r["metric"]): r for r in saved["rows"]}
+    ttft = rows[(10.0, "TTFT p50 ms")]
+    assert ttft["verdicts"] == [None, DIFFERENT] and ttft["intervals"][1][0] > ttft["intervals"][0][1]
+    table = pq.read_table(os.path.join(out, "comparison.parquet")).to_pylist()
+    b_ttft = next(r for r in table if r["run"] == "b" and r["load"] == 10.0 and r["metric"] == "TTFT p50 ms")
+    assert b_ttft["verdict"] == DIFFERENT and b_ttft["lo"] == pytest.approx(48.0) and b_ttft["ratio"] == pytest.approx(1.2)
 
 
 # ----------------------------------------------------------------------------- end to end, on the simulator
