@@ -188,3 +188,14 @@ def test_fit_to_a_live_simulator_run_recovers_its_profile_and_predict_matches_it
         assert q.tpot.p50 == pytest.approx(m.tpot.p50, rel=0.1), k
         # the live TTFT also holds HTTP and the client's event loop: a few ms the engine model does not have
         assert q.ttft.p50 == pytest.approx(m.ttft.p50, rel=0.25, abs=5.0), k
+
+
+def test_plan_finds_the_fewest_replicas_that_pass(tmp_path):
+    from loadgen.twin.plan import plan_replicas
+
+    # KNOWN serves ~11.6 req/s of 256 in / 128 out per replica: 20 req/s needs two
+    cfg = compose(["load=rate", "load.levels=[20]", "load.duration_s=15", "load.warmup_s=3", "analysis.plots=false", "progress=false"])
+    answer = plan_replicas(cfg, KNOWN, max_replicas=8)
+    assert answer.replicas == 2
+    assert answer.tried[1][0] is False and "level 0" in answer.tried[1][1]
+    assert answer.tried[2][0] is True

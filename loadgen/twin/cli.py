@@ -1,10 +1,12 @@
 """``loadgen-twin``: fit a twin to measured runs, or predict a run with it offline.
 
 Input: ``loadgen-twin fit RUN_DIR... --out twin.yaml`` (run directories against one
-engine) or ``loadgen-twin predict twin.yaml [--replicas N] [--balancer B] [--out DIR]
-[loadgen overrides...]`` (Hydra overrides, as ``loadgen`` takes them). Output: the
-fit's account on the terminal and twin.yaml (exit 2 with the reasons when a
-parameter is not identified), or a predicted run directory with its report.
+engine), ``loadgen-twin predict twin.yaml [--replicas N] [--balancer B] [--out DIR]
+[loadgen overrides...]`` (Hydra overrides, as ``loadgen`` takes them), or
+``loadgen-twin plan twin.yaml [overrides...]``. Output: the fit's account on the
+terminal and twin.yaml (exit 2 with the reasons when a parameter is not
+identified), a predicted run directory with its report, or the fewest replicas
+that serve the load at its SLOs.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--balancer", default="round-robin", choices=BALANCERS, help="(default: %(default)s)")
     p.add_argument("--out", help="the run directory (default: runs/predicted_<date>_<time>)")
     p.add_argument("overrides", nargs="*", help="loadgen config overrides, e.g. load=concurrency 'load.levels=[1,8]'")
+    c = sub.add_parser("plan", help="the fewest replicas of the twin that pass every level of a load at its SLOs")
+    c.add_argument("twin")
+    c.add_argument("--balancer", default="least-outstanding", choices=BALANCERS, help="(default: %(default)s)")
+    c.add_argument("--max-replicas", type=int, default=1024, help="(default: %(default)s)")
+    c.add_argument("overrides", nargs="*", help="loadgen config overrides: the traffic and the SLOs, e.g. load=trace slo=strict")
     return parser
 
 
@@ -64,9 +71,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``loadgen-twin`` console script."""
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and (args.command != "predict" or any(r.startswith("-") for r in rest)):
+    if rest and (args.command == "fit" or any(r.startswith("-") for r in rest)):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.command == "predict":
+    if args.command != "fit":
         args.overrides = list(args.overrides) + rest
     console = Console(width=None if sys.stdout.isatty() else 160)
     try:
@@ -84,6 +91,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         profile, _ = read_twin(args.twin)
         cfg = compose(args.overrides)
+        if args.command == "plan":
+            from loadgen.twin.plan import plan_replicas
+
+            answer = plan_replicas(cfg, profile, balancer=args.balancer, max_replicas=args.max_replicas)
+            console.print(answer.render(), highlight=False, markup=False)
+            return 0 if answer.replicas else 1
         out = args.out or os.path.join("runs", "predicted_" + dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
         from loadgen.twin.predict import predict
 
