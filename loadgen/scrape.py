@@ -10,20 +10,23 @@ once per kind, never raised; a 404 on the first scrape turns scraping off.
 
 from __future__ import annotations
 
-import http.client
+import asyncio
 import json
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import pyarrow as pa
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadgen.client.endpoint import open_pool
+from loadgen.client.fetch import Origins, fetch
+from loadgen.client.http import ConnectError, ConnectionPool, ConnectTimeout, HTTPError, StallTimeout, Timeouts, TotalTimeout
 from loadgen.clock import now_ns as clock_now_ns
+from loadgen.config import TargetConfig
 from loadgen.rundir.layout import SERVER_METRICS, run_file
 from loadgen.rundir.parts import write_table_atomically
 from loadgen.rundir.schema import SERVER_METRICS_SCHEMA
@@ -166,6 +169,7 @@ class MetricsScraper:
         headers: Optional[Mapping[str, str]] = None,
         clock: Callable[[], int] = clock_now_ns,
         on_problem: Optional[Callable[[str], None]] = None,
+        target: Optional[TargetConfig] = None,
     ) -> None:
         self.url = url
         self.interval_s = interval_s
@@ -174,9 +178,10 @@ class MetricsScraper:
         self._headers = {"Accept": "text/plain", **(headers or {})}
         self._clock = clock
         self._on_problem = on_problem or log.warning
-        # Metrics go where the target is, never through a proxy from the environment
-        # (the load itself does not use one either).
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        # Scrapes go through loadgen's own client; given the target's config, with its TLS and proxy.
+        self._target = target
+        self._aio: Optional[asyncio.AbstractEventLoop] = None  # the scrapes' own event loop, kept so connections are reused
+        self._origins: Optional[Origins] = None
         self._level = -1
         self._columns: dict[str, list[Any]] = {name: [] for name in SERVER_METRICS_SCHEMA.names}
         self._lock = threading.Lock()
@@ -210,13 +215,16 @@ class MetricsScraper:
         thread.join(self.timeout_s + 1.0)
 
     def _loop(self) -> None:
-        while not self._stopping.is_set():
-            began = time.monotonic()
-            self._wake.clear()  # a set_level() from here on wakes the next wait at once
-            self.scrape_once()
-            if self.disabled:
-                return
-            self._wake.wait(max(0.0, self.interval_s - (time.monotonic() - began)))
+        try:
+            while not self._stopping.is_set():
+                began = time.monotonic()
+                self._wake.clear()  # a set_level() from here on wakes the next wait at once
+                self.scrape_once()
+                if self.disabled:
+                    return
+                self._wake.wait(max(0.0, self.interval_s - (time.monotonic() - began)))
+        finally:
+            self._close_client()
 
     def scrape_once(self) -> int:
         """Fetch and parse one sample now; return the number of rows kept (0 on failure)."""
@@ -224,21 +232,18 @@ class MetricsScraper:
         first = self.attempts == 1
         t_ns, level = self._clock(), self._level
         try:
-            request = urllib.request.Request(self.url, headers=self._headers)
-            with self._opener.open(request, timeout=self.timeout_s) as resp:
-                body = resp.read(MAX_BODY_BYTES)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404 and first:
+            status, body = self._get()
+        except (HTTPError, ValueError) as exc:
+            return self._fail(_failure_kind(exc))
+        if status != 200:
+            if status == 404 and first:
                 self.disabled = f"GET {self.url} answered 404"
                 self._on_problem(
                     f"server metrics: GET {self.url} answered HTTP 404, so server metrics are not recorded "
                     "(set target.metrics_path to the server's Prometheus path, or null to silence this)"
                 )
                 return 0
-            return self._fail(f"HTTP {exc.code}")
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-            return self._fail(reason if isinstance(reason, str) else f"{type(reason).__name__}: {reason}")
+            return self._fail(f"HTTP {status}")
         try:
             rows = parse_metrics(body.decode("utf-8", "replace"), self.names)
         except ValueError as exc:
@@ -255,6 +260,35 @@ class MetricsScraper:
                 cols["labels"].append(labels)
                 cols["value"].append(value)
         return len(rows)
+
+    def _get(self) -> tuple[int, bytes]:
+        """One GET of the metrics URL on the scraper's own event loop: (status, body)."""
+        if self._aio is None or self._origins is None:
+            self._aio = asyncio.new_event_loop()
+            self._origins = Origins(self._pool)
+        origins = self._origins
+
+        async def get() -> tuple[int, bytes]:
+            resp = await fetch(origins, "GET", self.url, headers=self._headers, max_bytes=MAX_BODY_BYTES)
+            return resp.status, resp.body
+
+        return self._aio.run_until_complete(get())
+
+    def _pool(self, url: str) -> ConnectionPool:
+        timeouts = Timeouts(total_s=self.timeout_s, stall_s=self.timeout_s, connect_s=self.timeout_s)
+        if self._target is not None:
+            quick = replace(self._target, timeout_s=self.timeout_s, stall_timeout_s=self.timeout_s,
+                            connect_timeout_s=min(self._target.connect_timeout_s, self.timeout_s))
+            return open_pool(quick, url, now=time.monotonic_ns, headers={}, limit=1,
+                             direct=self._target.kind == "sim")
+        return ConnectionPool(url, now=time.monotonic_ns, limit=1, timeouts=timeouts)
+
+    def _close_client(self) -> None:
+        loop, origins, self._aio, self._origins = self._aio, self._origins, None, None
+        if loop is not None:
+            if origins is not None:
+                loop.run_until_complete(origins.close())
+            loop.close()
 
     def _fail(self, kind: str) -> int:
         self.failures[kind] += 1
@@ -284,6 +318,16 @@ class MetricsScraper:
     def write(self, run_dir: str) -> str:
         """Write ``run_dir/server_metrics.parquet`` (temporary name, then rename); return its path."""
         return write_table_atomically(self.table(), run_file(run_dir, SERVER_METRICS))
+
+
+def _failure_kind(exc: BaseException) -> str:
+    """A failed scrape as the short kind it is counted under: "timed out", the errno of a refused connection, …"""
+    if isinstance(exc, (ConnectTimeout, StallTimeout, TotalTimeout)):
+        return "timed out"
+    cause = getattr(exc, "cause", None)
+    if isinstance(exc, ConnectError) and isinstance(cause, OSError):
+        return f"{type(cause).__name__}: {cause}"
+    return str(exc)
 
 
 def scraper_for(
