@@ -107,6 +107,11 @@ fi
 
 args=(--block --node-ip-address="$ip" --num-cpus="$cpus" --disable-usage-stats)
 if [[ "$slots" != 0 ]]; then args+=(--resources="{\"loadgen\": $slots}"); fi
+if [[ "$ip" == 127.0.0.1 ]]; then
+  # Nodes sharing one address each need their own dashboard-agent HTTP port (Ray's default is one
+  # fixed port, 52365): without it the second node's job agent cannot listen and job submission hangs.
+  args+=(--dashboard-agent-listen-port="$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')")
+fi
 [[ -n "${LOADGEN_RAY_TEMP_DIR:-}" ]] && args+=(--temp-dir="$LOADGEN_RAY_TEMP_DIR")
 if [[ "$role" == head ]]; then
   args+=(--head --port="$port")
