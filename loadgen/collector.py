@@ -1,8 +1,8 @@
 """Worker output to storage: Parquet parts written in place, or Arrow tables sent through Ray.
 
 Input: the Arrow tables (records, telemetry) a worker flushes. Output: parts in
-the run-directory layout, ``records/level-K/worker-W/part-*.parquet`` and
-``telemetry/worker-W/part-*.parquet``. A worker that shares a filesystem with
+the run-directory layout, ``records/part-level-K-worker-W-*.parquet`` and
+``telemetry/part-worker-W-*.parquet``. A worker that shares a filesystem with
 the driver writes them itself (``DirectSink``); any other worker sends its
 tables through the Ray object store to a ``Collector`` actor pinned to the
 driver's node, which writes them there (``CollectorSink``: no shared filesystem
@@ -26,7 +26,7 @@ from typing import Any, Optional, Protocol, Union
 
 import pyarrow as pa
 
-from loadgen.rundir.layout import part_dir, records_root, telemetry_dir
+from loadgen.rundir.layout import Parts, record_parts, records_root, telemetry_parts
 from loadgen.rundir.parts import PartWriter
 
 Table = Union[pa.Table, pa.RecordBatch]
@@ -57,8 +57,8 @@ class Sink(Protocol):
 class _LockedWriter:
     """A PartWriter safe to call from several flushing threads (part numbers never collide)."""
 
-    def __init__(self, dir_uri: str) -> None:
-        self._writer = PartWriter(dir_uri)
+    def __init__(self, where: Parts) -> None:
+        self._writer = PartWriter(where)
         self._lock = threading.Lock()
 
     @property
@@ -76,34 +76,34 @@ class DirectSink:
     def __init__(self, run_uri: str, records_uri: Optional[str] = None) -> None:
         self.run_uri = run_uri.rstrip("/")
         self.records_uri = records_uri
-        self._writers: dict[str, _LockedWriter] = {}
+        self._writers: dict[Parts, _LockedWriter] = {}
         self._lock = threading.Lock()
 
-    def _writer(self, dir_uri: str) -> _LockedWriter:
+    def _writer(self, where: Parts) -> _LockedWriter:
         with self._lock:
-            writer = self._writers.get(dir_uri)
+            writer = self._writers.get(where)
             if writer is None:
-                writer = self._writers[dir_uri] = _LockedWriter(dir_uri)
+                writer = self._writers[where] = _LockedWriter(where)
             return writer
 
     def records(self, level: int, worker_id: int) -> PartTarget:
-        """A writer for ``records/level-K/worker-W`` (``layout.part_dir``) under the records root."""
-        return self._writer(part_dir(records_root(self.run_uri, self.records_uri), level, worker_id))
+        """A writer for ``part-level-K-worker-W-*`` (``layout.record_parts``) in the records root."""
+        return self._writer(record_parts(records_root(self.run_uri, self.records_uri), level, worker_id))
 
     def telemetry(self, worker_id: int) -> PartTarget:
-        """A writer for ``telemetry/worker-W`` (``layout.telemetry_dir``) in the run directory."""
-        return self._writer(telemetry_dir(self.run_uri, worker_id))
+        """A writer for ``telemetry/part-worker-W-*`` (``layout.telemetry_parts``) in the run directory."""
+        return self._writer(telemetry_parts(self.run_uri, worker_id))
 
     def drain(self) -> None:
         """Nothing to wait for: every write was complete when it returned."""
 
 
 class _RemoteTarget:
-    """Sends each table to the collector as one part of ``dir_uri``."""
+    """Sends each table to the collector as one part of ``where``."""
 
-    def __init__(self, sink: CollectorSink, dir_uri: str) -> None:
+    def __init__(self, sink: CollectorSink, where: Parts) -> None:
         self._sink = sink
-        self.dir_uri = dir_uri
+        self.where = where
         self.rows = 0
 
     def write(self, table: Table) -> None:
@@ -121,27 +121,27 @@ class CollectorSink:
         self.max_in_flight = max(1, max_in_flight)
         self.source = uuid.uuid4().hex
         self._direct = DirectSink(run_uri, records_uri) if records_uri else None
-        self._targets: dict[str, _RemoteTarget] = {}
+        self._targets: dict[Parts, _RemoteTarget] = {}
         self._pending: deque[Any] = deque()
         self._seq = 0
         self._lock = threading.Lock()
 
-    def _target(self, dir_uri: str) -> _RemoteTarget:
+    def _target(self, where: Parts) -> _RemoteTarget:
         with self._lock:
-            target = self._targets.get(dir_uri)
+            target = self._targets.get(where)
             if target is None:
-                target = self._targets[dir_uri] = _RemoteTarget(self, dir_uri)
+                target = self._targets[where] = _RemoteTarget(self, where)
             return target
 
     def records(self, level: int, worker_id: int) -> PartTarget:
         """Records go to ``records_uri`` directly when it is set, else through the collector."""
         if self._direct is not None:
             return self._direct.records(level, worker_id)
-        return self._target(part_dir(records_root(self.run_uri), level, worker_id))
+        return self._target(record_parts(records_root(self.run_uri), level, worker_id))
 
     def telemetry(self, worker_id: int) -> PartTarget:
         """Telemetry always goes through the collector into the run directory."""
-        return self._target(telemetry_dir(self.run_uri, worker_id))
+        return self._target(telemetry_parts(self.run_uri, worker_id))
 
     @property
     def in_flight(self) -> int:
@@ -153,7 +153,7 @@ class CollectorSink:
         import ray
 
         with self._lock:
-            ref = self.collector.write.remote(target.dir_uri, self.source, self._seq, table)
+            ref = self.collector.write.remote(target.where, self.source, self._seq, table)
             self._seq += 1
             target.rows += table.num_rows
             self._pending.append(ref)
@@ -190,19 +190,19 @@ class Collector:
     """Ray actor body: writes the tables workers send as parts on this (the driver's) node, each once."""
 
     def __init__(self) -> None:
-        self._writers: dict[str, PartWriter] = {}
-        self._dir_locks: dict[str, threading.Lock] = {}
+        self._writers: dict[Parts, PartWriter] = {}
+        self._dir_locks: dict[Parts, threading.Lock] = {}
         self._seen: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
 
-    def write(self, dir_uri: str, source: str, seq: int, table: Table) -> int:
-        """Write ``table`` as a part of ``dir_uri`` unless ``(source, seq)`` was written already; return rows written."""
+    def write(self, where: Parts, source: str, seq: int, table: Table) -> int:
+        """Write ``table`` as a part of ``where`` unless ``(source, seq)`` was written already; return rows written."""
         with self._lock:
-            dir_lock = self._dir_locks.setdefault(dir_uri, threading.Lock())
-            writer = self._writers.get(dir_uri)
+            dir_lock = self._dir_locks.setdefault(where, threading.Lock())
+            writer = self._writers.get(where)
             if writer is None:
-                writer = self._writers[dir_uri] = PartWriter(dir_uri)
-        # A source always sends a given seq to the same directory, so its lock also guards the dedup.
+                writer = self._writers[where] = PartWriter(where)
+        # A source always sends a given seq to the same destination, so its lock also guards the dedup.
         with dir_lock:
             if (source, seq) in self._seen:
                 return 0
@@ -210,8 +210,8 @@ class Collector:
             self._seen.add((source, seq))
             return table.num_rows
 
-    def rows(self) -> dict[str, int]:
-        """Rows written so far, per destination directory."""
+    def rows(self) -> dict[Parts, int]:
+        """Rows written so far, per destination."""
         with self._lock:
             return {d: w.rows for d, w in self._writers.items()}
 

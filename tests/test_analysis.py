@@ -9,7 +9,6 @@ from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from loadgen.analysis import (
@@ -35,7 +34,7 @@ from loadgen.analysis.keepup import KeepUp
 from loadgen.analysis.level import judge
 from loadgen.analysis.metrics import peak_in_flight
 from loadgen.config import AnalysisConfig, ClusterConfig, LoadConfig, SLOConfig
-from loadgen.rundir import RECORD_SCHEMA, Ledger, LevelEntry, WorkerHealth, part_dir, records_root
+from loadgen.rundir import RECORD_SCHEMA, Ledger, LevelEntry, PartWriter, WorkerHealth, part_dir, records_root
 
 T0 = 1_700_000_000_000_000_000  # an epoch-like run clock origin, ns
 MS = 1_000_000
@@ -447,9 +446,7 @@ def write_run(run_dir: str, levels: dict[int, list[dict[str, Any]]], meta_levels
               config: Optional[dict] = None, extra: Optional[dict] = None) -> None:
     for n, rows in levels.items():
         for w in sorted({r["worker_id"] for r in rows}):
-            part = part_dir(records_root(run_dir), n, w)
-            os.makedirs(part, exist_ok=True)
-            pq.write_table(table([r for r in rows if r["worker_id"] == w]), os.path.join(part, "part-00000-a.parquet"))
+            PartWriter(part_dir(records_root(run_dir), n, w)).write(table([r for r in rows if r["worker_id"] == w]))
     if meta_levels is not None:
         with open(os.path.join(run_dir, "run.json"), "w") as f:
             json.dump({"run_id": "t", "status": "complete", "config": config or {}, "levels": meta_levels, **(extra or {})}, f)

@@ -32,7 +32,7 @@ from loadgen.config import (
     WorkloadConfig,
     validate,
 )
-from loadgen.rundir import RECORD_SCHEMA, part_dir, read_records, telemetry_dir
+from loadgen.rundir import RECORD_SCHEMA, part_dir, read_records, telemetry_parts
 from loadgen.worker import TargetSpec
 
 ray = pytest.importorskip("ray")
@@ -136,9 +136,9 @@ def test_records_uri_takes_the_records_and_the_run_dir_keeps_telemetry(tmp_path)
     sink.records(2, 4).write(batch(3, worker=4))
     sink.telemetry(4).write(pa.table({"t_ns": [1]}))
     assert read_records(f"file://{tmp_path}/bucket/run1").num_rows == 3
-    assert len(os.listdir(tmp_path / "bucket" / "run1")) == 1 and os.listdir(part_dir(f"{tmp_path}/bucket/run1", 2, 4))
+    assert len(os.listdir(tmp_path / "bucket" / "run1")) == len(part_dir(f"{tmp_path}/bucket/run1", 2, 4).files()) == 1
     assert not (tmp_path / "run" / "records").exists()
-    assert len(os.listdir(telemetry_dir(str(tmp_path / "run"), 4))) == 1
+    assert len(telemetry_parts(str(tmp_path / "run"), 4).files()) == 1
 
 
 # --------------------------------------------------------------------------- a 3-node cluster

@@ -1,8 +1,8 @@
 """A run directory is a dataset every tool opens as is: pandas, pyarrow, polars and DuckDB with their default calls.
 
 The run is written by loadgen's own writers (``RecordBuffer`` → ``to_batch`` →
-``PartWriter`` in ``layout.part_dir``, telemetry in ``layout.telemetry_dir``,
-server metrics as the scraper writes them), several parts per directory. Each
+``PartWriter`` at ``layout.record_parts``, telemetry at ``layout.telemetry_parts``,
+server metrics as the scraper writes them), several parts per (level, worker). Each
 tool must see every row, exactly the schema's columns (no partition key added
 or duplicated), and the same numbers. The two examples in
 docs/run-directory.md are run as written, against this run.
@@ -26,10 +26,10 @@ from loadgen.rundir import (
     TELEMETRY_SCHEMA,
     PartWriter,
     RecordBuffer,
-    part_dir,
     read_records,
+    record_parts,
     records_root,
-    telemetry_dir,
+    telemetry_parts,
     to_batch,
 )
 from loadgen.rundir.layout import SERVER_METRICS, run_file
@@ -64,7 +64,7 @@ def make_run(run_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for level in LEVELS:
         for worker in WORKERS:
-            writer = PartWriter(part_dir(records_root(str(run_dir)), level, worker))
+            writer = PartWriter(record_parts(records_root(str(run_dir)), level, worker))
             for part in range(PARTS):  # several flushes: several parts per directory
                 buf = RecordBuffer()
                 for i in range(part * PER_PART, (part + 1) * PER_PART):
@@ -74,7 +74,7 @@ def make_run(run_dir: Path) -> list[dict[str, Any]]:
     for worker in WORKERS:
         tel = [{"t_ns": T0 + s * 250 * MS, "level": s % 2, "worker_id": worker, "loop_lag_ms": 0.5, "cpu_percent": 10.0,
                 "in_flight": s, "sent": s, "completed": s} for s in range(4)]
-        PartWriter(telemetry_dir(str(run_dir), worker)).write(pa.Table.from_pylist(tel, schema=TELEMETRY_SCHEMA))
+        PartWriter(telemetry_parts(str(run_dir), worker)).write(pa.Table.from_pylist(tel, schema=TELEMETRY_SCHEMA))
     server = [{"t_ns": T0 + s * MS, "level": 0, "name": "running", "metric": "vllm:num_requests_running",
                "labels": "{}", "value": float(s)} for s in range(5)]
     write_table_atomically(pa.Table.from_pylist(server, schema=SERVER_METRICS_SCHEMA), run_file(str(run_dir), SERVER_METRICS))
@@ -95,8 +95,8 @@ def _frame(obj: Any) -> tuple[int, list[str]]:
 
 
 def _duckdb(path: str) -> Any:
-    """DuckDB's default call: the file, or every Parquet file under the directory."""
-    return duckdb.sql(f"SELECT * FROM '{path}'" if path.endswith(".parquet") else f"SELECT * FROM '{path}/**/*.parquet'").df()
+    """DuckDB's default call: the file, or every Parquet file in the directory."""
+    return duckdb.sql(f"SELECT * FROM '{path}'" if path.endswith(".parquet") else f"SELECT * FROM '{path}/*.parquet'").df()
 
 
 READERS: dict[str, Callable[[str], Any]] = {
@@ -109,7 +109,7 @@ READERS: dict[str, Callable[[str], Any]] = {
 }
 TABLES = {
     "records": (lambda run_dir: records_root(str(run_dir)), RECORD_SCHEMA, len(LEVELS) * len(WORKERS) * PARTS * PER_PART),
-    "telemetry": (lambda run_dir: str(Path(telemetry_dir(str(run_dir), 0)).parent), TELEMETRY_SCHEMA, 4 * len(WORKERS)),
+    "telemetry": (lambda run_dir: telemetry_parts(str(run_dir), 0).dir, TELEMETRY_SCHEMA, 4 * len(WORKERS)),
     "server_metrics": (lambda run_dir: run_file(str(run_dir), SERVER_METRICS), SERVER_METRICS_SCHEMA, 5),
 }
 
@@ -135,7 +135,7 @@ def test_the_tools_agree_on_types_values_and_status(run):
     assert sorted(exact.first_token_ns.dropna().astype("int64")) == sorted(r["first_token_ns"] for r in rows if r["first_token_ns"])
     lazy = pl.scan_parquet(root).filter(pl.col("status") == "ok").collect()
     assert lazy.schema["level"] == pl.Int32 and lazy.height == sum(r["status"] == "ok" for r in rows)
-    [(ok,)] = duckdb.sql(f"SELECT count(*) FROM '{root}/**/*.parquet' WHERE status = 'ok' AND level = 1").fetchall()
+    [(ok,)] = duckdb.sql(f"SELECT count(*) FROM '{root}/*.parquet' WHERE status = 'ok' AND level = 1").fetchall()
     assert ok == sum(r["status"] == "ok" and r["level"] == 1 for r in rows)
     assert sorted(pq.read_table(root).column("request_id").to_pylist()) == sorted(r["request_id"] for r in rows)
     assert read_records(str(run_dir)).num_rows == len(rows)  # and loadgen's own reader, on the same directory
@@ -216,3 +216,29 @@ def test_a_real_run_opens_in_every_tool_and_counts_what_its_ledger_says(tmp_path
                 assert n > 0, (table, reader)
     sql = doc_example("sql").replace("'RUN/", f"'{run_dir}/")
     assert {int(r[0]): int(r[1]) for r in duckdb.sql(sql).fetchall()} == sent
+
+
+@pytest.mark.slow
+def test_spark_opens_each_table_with_its_default_call(run):
+    """Spark is not a test extra (a JVM and ~300 MB): this runs where pyspark and java are installed."""
+    import os
+    import shutil
+
+    pyspark_sql = pytest.importorskip("pyspark.sql")
+    if shutil.which("java") is None:
+        pytest.skip("pyspark needs a Java runtime (java not on PATH)")
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # Spark's driver listens on loopback only
+    spark = (
+        pyspark_sql.SparkSession.builder.master("local[1]")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.ui.enabled", "false")
+        .getOrCreate()
+    )
+    try:
+        run_dir, _ = run
+        for table, (where, schema, rows) in TABLES.items():
+            frame = spark.read.parquet(where(run_dir))
+            assert (frame.count(), sorted(frame.columns)) == (rows, sorted(schema.names)), table
+    finally:
+        spark.stop()

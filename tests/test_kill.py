@@ -23,7 +23,7 @@ from rich.console import Console
 
 from loadgen.analysis import analyze_run
 from loadgen.report.terminal import render_terminal
-from loadgen.rundir import Ledger, part_dir, read_records, read_telemetry
+from loadgen.rundir import Ledger, part_dir, read_records, read_telemetry, records_root
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +120,7 @@ def test_a_killed_worker_is_counted_and_the_run_finishes_on_the_others(tmp_path)
         workers = wait_for(proc, "run.json lists the workers", lambda: (read_json(run_dir / "run.json") or {}).get("workers"))
         victim = workers[1]["pid"]
         # Worker 1 has flushed part of level 0 (and is still sending) when it dies.
-        wait_for(proc, "worker 1 flushes records", lambda: len(parts(run_dir / part_dir("records", 0, 1))) >= 3)
+        wait_for(proc, "worker 1 flushes records", lambda: len(part_dir(records_root(str(run_dir)), 0, 1).files()) >= 3)
         seen = process_tree(proc.pid)
         assert victim in seen, "the pid in run.json is not one of this run's processes"
         kill_ns = time.time_ns()

@@ -42,13 +42,15 @@ def test_part_writer_leaves_only_complete_parts_and_reader_skips_temporaries(tmp
         buf = RecordBuffer()
         buf.append({"request_id": f"r{k}", "level": 0, "worker_id": 3, "chunk_ns": [k]})
         writer.write(to_batch(buf.take()))
-    parts = sorted(Path(part_dir(str(root), 0, 3)).iterdir())
-    assert [p.name.startswith("part-0000") for p in parts] == [True] * 3
+    where = part_dir(str(root), 0, 3)
+    parts = [Path(p) for p in where.files()]
+    assert [p.name.startswith(f"{where.prefix}-0000") for p in parts] == [True] * 3
     assert writer.rows == 3 and writer.parts == 3
+    assert sorted(p.name for p in root.iterdir()) == [p.name for p in parts]  # flat: files, no directories
     for p in parts:
         assert pq.read_table(p).num_rows == 1  # every part on disk is complete
     # A part a crash left half-written keeps its temporary name and is never read as data.
-    (Path(part_dir(str(root), 0, 3)) / ".part-00009-dead.parquet.tmp").write_bytes(b"PAR1 truncated")
+    (Path(where.dir) / f".{where.name(9, 'dead')}.tmp").write_bytes(b"PAR1 truncated")
     table = read_records(str(tmp_path))
     assert sorted(table.column("request_id").to_pylist()) == ["r0", "r1", "r2"]
 

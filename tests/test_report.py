@@ -16,7 +16,7 @@ from rich.console import Console
 from loadgen.analysis import analyze_run
 from loadgen.report import render_terminal
 from loadgen.report.cli import main
-from loadgen.rundir import RECORD_SCHEMA, part_dir, records_root, telemetry_dir
+from loadgen.rundir import RECORD_SCHEMA, PartWriter, part_dir, records_root, telemetry_parts
 
 T0 = 1_700_000_000_000_000_000
 MS = 1_000_000
@@ -43,10 +43,8 @@ def make_run(run_dir: str, slowdown: float = 1.0) -> None:
             })
             k += 1
         for w in (0, 1):
-            part = part_dir(records_root(run_dir), n, w)
-            os.makedirs(part, exist_ok=True)
             mine = [{f: r.get(f) for f in RECORD_SCHEMA.names} for r in rows if r["worker_id"] == w]
-            pq.write_table(pa.Table.from_pylist(mine, schema=RECORD_SCHEMA), os.path.join(part, "part-00000-x.parquet"))
+            PartWriter(part_dir(records_root(run_dir), n, w)).write(pa.Table.from_pylist(mine, schema=RECORD_SCHEMA))
         levels_meta.append({
             "level": n, "mode": "rate", "value": rate, "offered_rps": rate,
             "start_ns": base, "steady_start_ns": base + 2000 * MS, "steady_end_ns": base + 10_000 * MS,
@@ -60,8 +58,7 @@ def make_run(run_dir: str, slowdown: float = 1.0) -> None:
                            "in_flight": 2, "sent": 0, "completed": 0} for w in (0, 1)]
             server += [{"t_ns": t, "level": n, "name": "running", "metric": "vllm:num_requests_running", "labels": "{}", "value": 3.0},
                        {"t_ns": t, "level": n, "name": "kv_cache_usage", "metric": "vllm:gpu_cache_usage_perc", "labels": "{}", "value": 0.4}]
-    os.makedirs(telemetry_dir(run_dir, 0), exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(telemetry), os.path.join(telemetry_dir(run_dir, 0), "part-0.parquet"))
+    PartWriter(telemetry_parts(run_dir, 0)).write(pa.Table.from_pylist(telemetry))
     pq.write_table(pa.Table.from_pylist(server), os.path.join(run_dir, "server_metrics.parquet"))
     config = {
         # A careless writer left the key in: the report must still never show it.

@@ -12,7 +12,7 @@ from aiohttp import web
 from loopback import serve_app
 
 from loadgen.config import ClusterConfig, TargetConfig
-from loadgen.rundir import part_dir, read_records, telemetry_dir
+from loadgen.rundir import part_dir, read_records, records_root, telemetry_parts
 from loadgen.worker import ClientLimitError, LevelRun, TargetSpec, WorkerCore, check_socket_limits
 from loadgen.workload.table import REQUEST_SCHEMA
 
@@ -106,10 +106,10 @@ def test_open_loop_sends_on_schedule_and_records_everything(tmp_path):
 def test_records_are_flushed_while_the_level_runs(tmp_path):
     offsets = np.arange(30) * 0.05
     asyncio.run(run_level(tmp_path, shard(30, offsets), dict(mode="rate", value=20, duration_s=1.5, drain_s=5)))
-    parts = list((tmp_path / part_dir("records", 0, 0)).glob("part-*.parquet"))
+    parts = part_dir(records_root(str(tmp_path)), 0, 0).files()
     assert len(parts) >= 3  # flush interval 0.2 s over ~1.6 s
     assert not list((tmp_path / "records").rglob("*.tmp"))
-    tel = list((tmp_path / telemetry_dir(".", 0)).glob("part-*.parquet"))
+    tel = telemetry_parts(str(tmp_path), 0).files()
     assert tel
 
 

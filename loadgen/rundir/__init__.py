@@ -10,7 +10,7 @@ server metrics, scrubbing for display).
 
 from __future__ import annotations
 
-from loadgen.rundir.layout import part_dir, records_root, run_file, telemetry_dir
+from loadgen.rundir.layout import Parts, part_dir, record_parts, records_root, run_file, telemetry_parts
 from loadgen.rundir.meta import (
     Ledger,
     LevelEntry,
@@ -46,6 +46,7 @@ __all__ = [
     "LevelEntry",
     "LoadMode",
     "PartWriter",
+    "Parts",
     "RECORD_FIELDS",
     "RECORD_SCHEMA",
     "RecordBuffer",
@@ -64,10 +65,11 @@ __all__ = [
     "read_records",
     "read_server_metrics",
     "read_telemetry",
+    "record_parts",
     "records_root",
     "run_file",
     "run_records_root",
     "scrub",
-    "telemetry_dir",
+    "telemetry_parts",
     "to_batch",
 ]

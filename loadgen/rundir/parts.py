@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from loadgen.rundir.layout import Parts
 from loadgen.rundir.schema import RECORD_FIELDS, RECORD_SCHEMA
 
 _SCALAR_FIELDS = tuple(n for n in RECORD_FIELDS if n != "chunk_ns")
@@ -102,20 +103,27 @@ def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 class PartWriter:
-    """Writes batches into one directory as successive complete Parquet parts."""
+    """Writes batches as successive complete Parquet parts: ``where`` is a directory, or ``Parts`` (directory, name prefix).
 
-    def __init__(self, dir_uri: str) -> None:
-        self.fs, self.dir = resolve_fs(dir_uri)
+    A directory gets ``part-N-<tag>.parquet``; ``Parts`` (``layout.record_parts``,
+    ``layout.telemetry_parts``) gets ``<prefix>-N-<tag>.parquet``. The tag is
+    this writer's own, so writers sharing a directory never collide.
+    """
+
+    def __init__(self, where: str | Parts) -> None:
+        self.where = where if isinstance(where, Parts) else Parts(where)
+        self.fs, self.dir = resolve_fs(self.where.dir)
         self.fs.create_dir(self.dir, recursive=True)
         self.parts = 0
         self.rows = 0
         self._tag = uuid.uuid4().hex[:8]
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> str:
-        """Write one complete part (temporary name, then rename); return its final path."""
+        """Write one complete part (hidden temporary name, then rename); return its final path."""
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        final = f"{self.dir}/part-{self.parts:05d}-{self._tag}.parquet"
-        tmp = f"{self.dir}/.part-{self.parts:05d}-{self._tag}.parquet.tmp"
+        name = self.where.name(self.parts, self._tag)
+        final = f"{self.dir}/{name}"
+        tmp = f"{self.dir}/.{name}.tmp"
         with self.fs.open_output_stream(tmp) as out:
             pq.write_table(table, out, compression="zstd")
         self.fs.move(tmp, final)

@@ -20,12 +20,10 @@ import pyarrow.fs as pafs
 
 from loadgen.config import REDACTED, redact
 from loadgen.rundir.layout import (
-    LEVEL_IN_PATH,
     RECORDS,
     SERVER_METRICS,
     is_part,
-    level_dirs,
-    part_dirs,
+    keys_of,
     records_root,
     run_file,
     telemetry_root,
@@ -61,13 +59,20 @@ def run_records_root(run_dir: str, meta: Optional[RunMeta]) -> str:
     return uri if uri and not os.path.isdir(local) else local
 
 
-def _part_files(fs: pafs.FileSystem, *paths: str) -> list[str]:
-    """Every complete part under any of ``paths`` on ``fs``, sorted."""
+def _part_files(fs: pafs.FileSystem, path: str) -> list[str]:
+    """Every complete part under ``path`` on ``fs``, sorted."""
+    selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
+    return sorted(i.path for i in fs.get_file_info(selector) if is_part(i.path))
+
+
+def _parts_of(fs: pafs.FileSystem, root: str, level: int, worker_id: Optional[int] = None) -> list[str]:
+    """The parts under a records root whose names say ``level`` (and ``worker_id`` when given)."""
     found = []
-    for path in paths:
-        selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
-        found += [i.path for i in fs.get_file_info(selector) if is_part(i.path)]
-    return sorted(found)
+    for f in _part_files(fs, root):
+        keys = keys_of(f, root)
+        if keys is not None and keys[0] == level and worker_id in (None, keys[1]):
+            found.append(f)
+    return found
 
 
 def _read(fs: pafs.FileSystem, files: list[str], columns: Optional[list[str]]) -> pa.Table:
@@ -88,9 +93,9 @@ def read_records(run_dir_or_uri: str, columns: Optional[list[str]] = None) -> pa
 
 
 def read_level(root: str, level: int, columns: list[str]) -> pa.Table:
-    """One level's records (only ``columns``) under a records root: its ``level-K`` directory alone."""
+    """One level's records (only ``columns``) under a records root: the parts named for that level alone."""
     fs, path = resolve_fs(root)
-    files = _part_files(fs, *level_dirs(path, level))
+    files = _parts_of(fs, path, level)
     return _read(fs, files, columns) if files else RECORD_SCHEMA.empty_table().select(columns)
 
 
@@ -99,16 +104,15 @@ def iter_level_tables(root: str, columns: list[str]) -> Iterator[tuple[int, pa.T
 
     The next level is read in a background thread while the caller works on
     the current one (Parquet decoding and numpy both release the GIL). Parts
-    outside a ``level-K`` directory are split by their ``level`` column.
+    whose names say no level are split by their ``level`` column.
     """
     fs, path = resolve_fs(root)
     files = _part_files(fs, path)
     by_level: dict[int, list[str]] = {}
     loose: list[str] = []
     for f in files:
-        # Below the root only: the root's own path may hold a "/level-3/" of its own.
-        m = LEVEL_IN_PATH.search(f[len(path.rstrip("/")):])
-        (by_level.setdefault(int(m.group(1)), []) if m else loose).append(f)
+        keys = keys_of(f, path)  # below the root only: the root's own path may say "level-3/…" of its own
+        (by_level.setdefault(keys[0], []) if keys else loose).append(f)
     loose_table = _read(fs, loose, columns + ["level"]) if loose else None
     levels = set(by_level)
     if loose_table is not None:
@@ -134,7 +138,7 @@ def iter_level_tables(root: str, columns: list[str]) -> Iterator[tuple[int, pa.T
 def worker_statuses(root: str, level: int, worker_id: int) -> Counter[str]:
     """Status counts of the records one worker wrote for one level (e.g. before it died)."""
     fs, path = resolve_fs(root)
-    files = _part_files(fs, *part_dirs(path, level, worker_id))
+    files = _parts_of(fs, path, level, worker_id)
     if not files:
         return Counter()
     return Counter(_read(fs, files, ["status"]).column("status").to_pylist())
