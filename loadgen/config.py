@@ -36,6 +36,7 @@ from omegaconf.errors import (
 )
 
 from loadgen.headers import valid_header
+from loadgen.paths import conf_dir
 
 
 class ConfigError(ValueError):
@@ -216,6 +217,7 @@ class ClusterConfig:
     worker_cpus: float = 0.5  # CPUs each worker actor reserves (fractional keeps small machines usable)
     max_in_flight_per_worker: int = 10_000  # hard cap on one worker's open requests
     connections_per_worker: Optional[int] = None  # connection pool size; default: the worker's max in flight
+    connect_rate_per_worker: float = 500.0  # warm-up: connections a worker opens per second before a level starts (0: none)
     flush_interval_s: float = 2.0  # records are flushed to a new Parquet part at least this often
     records_uri: Optional[str] = None  # write records straight to this pyarrow.fs URI (e.g. s3://b/run)
     clock_sync_samples: int = 8  # clock-offset samples per worker (minimum-RTT one is kept)
@@ -329,6 +331,14 @@ def validate(cfg: LoadgenConfig) -> LoadgenConfig:
             "an http://HOST:PORT proxy URL, none, or null for the environment's HTTPS_PROXY/HTTP_PROXY",
             t.proxy,
         )
+    if t.sim_profile is not None:
+        # A profile file (a loadgen-twin fit output) or a conf/target/ name, as loadgen.sim.cli.load_profile reads it.
+        named = str(t.sim_profile).endswith((".yaml", ".yml"))
+        path = str(t.sim_profile) if named else os.path.join(str(conf_dir()), "target", f"{t.sim_profile}.yaml")
+        _require(
+            os.path.isfile(path), "target.sim_profile",
+            "an existing simulator profile file (a loadgen-twin fit output) or a conf/target/ profile name", t.sim_profile,
+        )
     for name, value in t.headers.items():
         _require(
             valid_header(str(name), str(value)),
@@ -386,6 +396,10 @@ def validate(cfg: LoadgenConfig) -> LoadgenConfig:
     _require(c.max_batches_in_flight > 0, "cluster.max_batches_in_flight", "a positive count", c.max_batches_in_flight)
     _require(c.placement_timeout_s > 0, "cluster.placement_timeout_s", "a positive number of seconds", c.placement_timeout_s)
     _require(c.max_in_flight_per_worker > 0, "cluster.max_in_flight_per_worker", "a positive count", c.max_in_flight_per_worker)
+    _require(
+        0 <= c.connect_rate_per_worker < math.inf, "cluster.connect_rate_per_worker",
+        "connections per second, ≥ 0 (0: no warm-up)", c.connect_rate_per_worker,
+    )
 
     for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
         v = getattr(cfg.slo, key)
