@@ -11,13 +11,14 @@ HYDRA_FULL_ERROR=1, and a refused config leaves no run directory behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import sys
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -229,9 +230,39 @@ def _mark_failed(run_dir: str, exc: BaseException) -> None:
 # --------------------------------------------------------------------------- the app
 
 
+#: HYDRA_FULL_ERROR as the user set it (None: main() did not run); main() sets it to 1 for Hydra.
+_user_full_error: Optional[str] = None
+
+
+@contextlib.contextmanager
+def _users_full_error() -> Iterator[None]:
+    """While the run goes, HYDRA_FULL_ERROR is the user's own (the cluster and the workers read it too)."""
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    if _user_full_error is not None:
+        _set_env("HYDRA_FULL_ERROR", _user_full_error or None)
+    try:
+        yield
+    finally:
+        _set_env("HYDRA_FULL_ERROR", saved)
+
+
+def _set_env(name: str, value: Optional[str]) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 @hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")
 def app(node: DictConfig) -> Any:
     """Run one load test (Hydra entry point)."""
+    with _users_full_error():
+        _run_app(node)
+    return None
+
+
+def _run_app(node: DictConfig) -> None:
+    """The app's body: validate, run, report; user errors print one line and exit 2."""
     from loadgen.runner import run
     from loadgen.sim.process import SimStartError
     from loadgen.target import TargetError
@@ -266,7 +297,6 @@ def app(node: DictConfig) -> Any:
         from loadgen.report import report_run
 
         report_run(run_dir, console=console, plots=cfg.analysis.plots)
-    return None
 
 
 def user_message(exc: BaseException) -> Optional[str]:
@@ -295,7 +325,9 @@ def main() -> None:
     raise; so it is set while the app runs, the error is caught here, and a user error is
     printed as one line. With HYDRA_FULL_ERROR=1 set by the user, everything is raised as is.
     """
-    full_error = os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
+    global _user_full_error
+    _user_full_error = os.environ.get("HYDRA_FULL_ERROR", "")
+    full_error = _user_full_error not in ("", "0")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         app()
@@ -311,8 +343,7 @@ def main() -> None:
         Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
         sys.exit(2)
     finally:
-        if not full_error:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
+        _set_env("HYDRA_FULL_ERROR", _user_full_error or None)
 
 
 if __name__ == "__main__":
