@@ -140,6 +140,7 @@ def test_the_watchdog_finds_a_ray_process_by_its_open_files_in_the_session_dir(t
     # log files in the session directory are not.
     session = tmp_path / "session"
     (session / "logs").mkdir(parents=True)
+    (session / "logs" / "agent.log").touch()
     script = tmp_path / "ray" / "fake_agent.py"  # a command run from a ray/ directory, as Ray's agents are
     script.parent.mkdir()
     script.write_text(f"log = open({str(session / 'logs' / 'agent.log')!r}, 'a')\n" + STUBBORN)
