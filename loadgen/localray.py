@@ -3,9 +3,8 @@
 Input: the number of CPUs to advertise. Output: a ``LocalRay`` the driver is
 connected to (``ray.init`` done); ``stop()`` ends every process of it.
 
-What is trimmed, and why it is safe for a private single-node Ray (the figures
-are CPU-seconds saved per run on a 2-core machine, from
-``scripts/bench_startup.py``; see docs/performance.md):
+What is trimmed, and why it is safe for a private single-node Ray (what each
+saves, measured with ``scripts/bench_startup.py``, is in docs/cluster.md):
 
 - no dashboard / API server process: nobody submits jobs to or browses a
   private Ray (a joined cluster keeps its own);
