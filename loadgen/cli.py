@@ -307,7 +307,9 @@ def user_message(exc: BaseException) -> Optional[str]:
         group, _, option = str(exc.missing_cfg_file).rpartition("/")
         return f"config group '{group}' has no option {option!r}; expected one of {', '.join(sorted(exc.options))}."
     if isinstance(exc, OverrideParseException):
-        return f"cannot parse the override {exc.override!r}: {str(exc).splitlines()[0]}"
+        override = _SECRET_LINE.sub(lambda m: m.group(1) + REDACTED, str(exc.override))  # a key stays off the terminal
+        reason = str(exc).splitlines()[0] if override == str(exc.override) else "not Hydra's override syntax"
+        return f"cannot parse the override {override!r}: {reason}"
     cause = exc.__cause__
     if isinstance(exc, OmegaConfBaseException):
         return omegaconf_message(exc)
