@@ -44,19 +44,21 @@ def main() -> None:
     slo = SLOConfig(ttft_ms=args.ttft_ms, tpot_ms=args.tpot_ms) if args.ttft_ms or args.tpot_ms else None
     m = analyze_run(args.measured, slo=slo)
     p = analyze_run(args.predicted, slo=slo or m.slo)
-    pred = {lv.level: lv for lv in p.levels}
+    # levels are matched by their configured value (a level run again, longer, keeps its value; the last run counts)
+    pred = {lv.value: lv for lv in p.levels}
+    meas = {lv.value: lv for lv in m.levels}
     print(f"\n{args.title} (measured / predicted, error)\n")
-    print("| level | load | output tok/s | TTFT p50 ms | TTFT p90 ms | TPOT p50 ms | TPOT p90 ms | requests (meas / pred) |")
+    print("| level (meas / pred) | load | output tok/s | TTFT p50 ms | TTFT p90 ms | TPOT p50 ms | TPOT p90 ms | requests (meas / pred) |")
     print("|---|---|---|---|---|---|---|---|")
     hits = {"tput": [], "p50": []}
-    for lv in m.levels:
-        q = pred.get(lv.level)
+    for lv in meas.values():
+        q = pred.get(lv.value)
         if q is None:
             continue
         a, b = lv.metrics, q.metrics
-        unit = "streams" if not lv.open_loop else "req/s"
+        unit = lv.mode.unit
         print(
-            f"| {lv.level} | {lv.load:g} {unit} | {_cell(a.output_tok_s, b.output_tok_s, 0.10)} | {_cell(a.ttft.p50, b.ttft.p50, 0.20)} "
+            f"| {lv.level} / {q.level} | {lv.value:g} {unit} | {_cell(a.output_tok_s, b.output_tok_s, 0.10)} | {_cell(a.ttft.p50, b.ttft.p50, 0.20)} "
             f"| {_cell(a.ttft.p90, b.ttft.p90, None)} | {_cell(a.tpot.p50, b.tpot.p50, 0.20)} | {_cell(a.tpot.p90, b.tpot.p90, None)} "
             f"| {a.completed} / {b.completed} |"
         )

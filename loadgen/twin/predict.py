@@ -31,13 +31,14 @@ from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from rich.console import Console
 
 import loadgen
 from loadgen.analysis import LevelSummary, analyze_level
 from loadgen.clock import now_ns
 from loadgen.config import LoadgenConfig, SimProfile, redact
-from loadgen.rundir import Ledger, LevelEntry, LoadMode, PartWriter, RunMeta, RunStatus, WorkerHealth, part_dir, records_root
+from loadgen.rundir import RECORD_FIELDS, Ledger, LevelEntry, LoadMode, PartWriter, RunMeta, RunStatus, WorkerHealth, part_dir, records_root
 from loadgen.rundir.meta import empty_errors
 from loadgen.rundir.parts import Buffered, to_batch
 from loadgen.runner import LevelTimer
@@ -75,15 +76,27 @@ class _Rows:
     def __init__(self, shard: pa.Table, profile: SimProfile, api: str, affine: bool = False) -> None:
         self.table = shard
         self.cols = {n: shard.column(n).to_pylist() for n in ("request_id", "session_id", "turn", "input_tokens", "output_tokens")}
-        self.prompts = shard.column("prompt").to_pylist()
-        self.messages = shard.column("messages").to_pylist() if api == "chat" else None
         self.profile = profile
         self.affine = affine  # the balancer needs the first block's hash even without prefix caching
+        self.messages = shard.column("messages").to_pylist() if api == "chat" else None
+        self.counts = None
+        self.prompts = None
+        if self.messages is None and not profile.prefix_caching and not affine:
+            # only the word counts matter: count in Arrow, without a Python string per prompt
+            prompt = shard.column("prompt")
+            self.counts = pc.fill_null(pc.count_substring_regex(prompt, r"\S+"), 0).to_numpy(zero_copy_only=False)
+        elif self.messages is None:
+            self.prompts = shard.column("prompt").to_pylist()
 
     def seq(self, k: int) -> Seq:
         """The engine sequence of row ``k``: prompt tokens counted (and hashed) as the simulator's server does."""
-        if self.messages is not None and self.messages[k]:
-            words = [w for m in self.messages[k] for w in str(m.get("content") or "").split()]
+        if self.counts is not None:
+            n = int(self.counts[k])
+            n_prompt = n if n else max(int(self.cols["input_tokens"][k] or 1), 1)
+            out = max(int(self.cols["output_tokens"][k] or 1), 1)
+            return Seq(n_prompt, out, max_tokens=out)
+        if self.messages is not None:
+            words = [w for m in self.messages[k] or () for w in str(m.get("content") or "").split()]
         else:
             text = self.prompts[k]
             words = text.split() if text else []
@@ -340,12 +353,8 @@ def _write_level(
     c = rows.cols
     for lo in range(0, len(sent), PART_ROWS):
         chunk = sent[lo : lo + PART_ROWS]
-        cols: dict[str, list[Any]] = {n: [] for n in (
-            "run_id", "level", "level_value", "worker_id", "node_id", "request_id", "response_id", "session_id", "turn",
-            "scheduled_ns", "sent_ns", "first_byte_ns", "first_token_ns", "first_answer_ns", "end_ns", "input_tokens",
-            "prompt_tokens", "output_tokens_expected", "output_tokens", "reasoning_tokens", "status", "http_status",
-            "error", "loop_lag_ms", "attempts", "clock_uncertainty_ns",
-        )}
+        # every scalar column of the record schema; the ones a prediction has no value for stay null
+        cols: dict[str, list[Any]] = {n: [] for n in RECORD_FIELDS if n != "chunk_ns"}
         pieces: list[np.ndarray] = []
         offsets = [0]
         for s in chunk:
@@ -389,7 +398,7 @@ def _write_level(
                 "clock_uncertainty_ns": 0,
             }
             for name, col in cols.items():
-                col.append(values[name])
+                col.append(values.get(name))
         flat = np.concatenate(pieces) if pieces else np.empty(0, np.int64)
         writer.write(to_batch(Buffered(cols, flat.astype(np.int64), np.asarray(offsets, dtype=np.int64))))  # type: ignore[arg-type]
     ok = len(sent) - cancelled
