@@ -138,6 +138,24 @@ def client_bound(
     return workers, [found[w] for w in workers], notes
 
 
+def connect_notes(table: pa.Table) -> list[str]:
+    """A note when requests opened their own connections during the level (``connect_ms`` set), else none.
+
+    Workers open a level's connections before it starts; a connection opened
+    during it puts its connect time (a SYN retransmit: 1 s and more) between the
+    request's schedule and its send, so the level's queued latencies carry it.
+    """
+    if "connect_ms" not in table.column_names:
+        return []
+    ms = pc.drop_null(table.column("connect_ms")).to_numpy().astype(np.float64)
+    if not ms.size:
+        return []
+    return [
+        f"{ms.size:,} connections were opened during the level (p99 connect {np.percentile(ms, 99):.3g} ms, "
+        f"max {ms.max():.3g} ms): their connect time is in queued TTFT and schedule lag, not in TTFT"
+    ]
+
+
 def judge(
     level: LevelSummary, slo: SLOConfig, analysis: AnalysisConfig
 ) -> tuple[Optional[float], bool, bool, list[str]]:
@@ -214,7 +232,7 @@ def summarize_level(
     summary.client_bound_workers, summary.client_bound_reasons, stalls = client_bound(
         times, loop_lag, entry, telemetry, ClientBoundRule.of(cluster), window
     )
-    summary.notes += list(entry.notes) + stalls
+    summary.notes += list(entry.notes) + stalls + connect_notes(table)
     summary.client_bound = bool(summary.client_bound_reasons)
     if entry.step_at_ns is not None:
         summary.step = step_response(

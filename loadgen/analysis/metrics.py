@@ -41,6 +41,7 @@ METRIC_COLUMNS = [
     "chunk_ns",
     "status",
     "loop_lag_ms",
+    "connect_ms",  # for the level's note on connections opened during it
 ]
 
 

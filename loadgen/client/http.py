@@ -104,6 +104,10 @@ class Exchange:
         self.first_byte_ns: Optional[int] = None
         self.last_ns = 0
         self.realtime_shift = 0  # run clock minus the kernel's realtime clock, for arrival stamps
+        # How long this request's own connection took to open (TCP, proxy tunnel, TLS), in ms;
+        # None when it went out on a connection opened ahead (``ConnectionPool.warm``) or reused.
+        self.connect_ms: Optional[float] = None
+        self.connect_start_ns: Optional[int] = None  # when that connect began
         self.keep_alive = False
         self.message_complete = False
         self.interim = False  # parsing a 1xx interim response
@@ -222,6 +226,7 @@ class _Connection:
         self.exchange: Optional[Exchange] = None
         self.closed = False
         self.served = 0
+        self.warm = False  # opened ahead of any request (``ConnectionPool.warm``)
         self._out = b""
         self.loop.add_reader(self.fd, self._readable)
 
@@ -339,10 +344,11 @@ class _Connection:
             ex.on_message_complete()  # the close is the end of this body
             return
         reason = f": {exc}" if exc else ""
+        # A connection opened ahead and closed by the server before its first request is as
+        # stale as a kept-alive one: nothing reached the server, so the request may be retried.
+        reused = self.served > 0 or self.warm
         ex.fail(
-            Disconnected(
-                f"server closed the connection{reason}", before_response=ex.first_byte_ns is None, reused=self.served > 0
-            )
+            Disconnected(f"server closed the connection{reason}", before_response=ex.first_byte_ns is None, reused=reused)
         )
 
     def abort(self) -> None:
@@ -419,6 +425,7 @@ class ConnectionPool:
             if self.proxy.authorization:
                 lines.append(f"Proxy-Authorization: {self.proxy.authorization}")
         self._head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+        self._limit = limit
         self._slots = asyncio.Semaphore(limit)
         self._addrs: list[tuple[int, tuple]] = []
         self._addrs_at = -math.inf
@@ -450,8 +457,14 @@ class ConnectionPool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeouts.total_s
         async with self._slots:
-            on_sent()  # connecting is part of the request, as for any client; waiting for a slot is not
-            conn = await self._acquire(deadline)
+            conn = self._idle_connection()
+            if conn is None:  # this request opens its own connection: its time is recorded apart
+                started = exchange.connect_start_ns = self.now()
+                try:
+                    conn = await self._acquire(deadline)
+                finally:
+                    exchange.connect_ms = (self.now() - started) / 1e6
+            on_sent()  # when the request's bytes are written: after any connect, so TTFT holds none of it
             exchange.last_ns = self.now()
             exchange.realtime_shift = exchange.last_ns - time.time_ns()
             conn.start(exchange, request)
@@ -467,11 +480,16 @@ class ConnectionPool:
             if conn.exchange is exchange and exchange.eof_delimited:
                 conn.abort()  # done before the body's end, which only the server's close would mark (HTTP/1.0)
 
-    async def _acquire(self, deadline: float) -> _Connection:
+    def _idle_connection(self) -> Optional[_Connection]:
+        """An open idle connection (the most recently used: the least likely to have been closed), or None."""
         while self._idle:
-            conn = self._idle.pop()  # the most recently used: the least likely to have been closed
+            conn = self._idle.pop()
             if not conn.closed:
                 return conn
+        return None
+
+    async def _acquire(self, deadline: float) -> _Connection:
+        """A new connection, within the connect timeout and ``deadline`` (loop time)."""
         loop = asyncio.get_running_loop()
         timeout = min(self.timeouts.connect_s, max(0.0, deadline - loop.time()))
         where = f"{self.host}:{self.port}" + (f" via proxy {self.proxy.host}:{self.proxy.port}" if self.proxy else "")
@@ -531,6 +549,45 @@ class ConnectionPool:
         self._failed.clear()  # a new answer: every address gets a fresh chance
         if not lookup.cancelled():
             lookup.exception()  # retrieved: a failed lookup nobody awaited any more is not an error to log
+
+    async def warm(self, n: int, rate_per_s: float) -> tuple[int, Optional[str]]:
+        """Open connections ahead of the load until the pool holds ``n`` (at most its limit).
+
+        New connections start at most ``rate_per_s`` per second, so a server's listen
+        backlog never sees them all at once (a burst of SYNs beyond it costs the
+        dropped ones a 1 s, then 2 s retransmit: seconds of TTFT). They wait idle.
+        Returns (connections opened, the first failure's message or None); the first
+        failure stops the warm-up, and the level's requests then connect on their own.
+        """
+        if not self.keep_alive or rate_per_s <= 0:
+            return 0, None
+        want = min(n, self._limit) - len(self._all)
+        if want <= 0:
+            return 0, None
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        failed: list[str] = []
+        attempts: list[asyncio.Future] = []
+        for i in range(want):
+            delay = start + i / rate_per_s - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if failed:
+                break
+            attempts.append(asyncio.ensure_future(self._open_idle(loop.time() + self.timeouts.connect_s, failed)))
+        opened = sum(await asyncio.gather(*attempts))
+        return opened, (failed[0] if failed else None)
+
+    async def _open_idle(self, deadline: float, failed: list[str]) -> bool:
+        """Open one connection into the idle set; on failure add its message to ``failed``."""
+        try:
+            conn = await self._acquire(deadline)
+        except HTTPError as exc:
+            failed.append(str(exc))
+            return False
+        conn.warm = True
+        self._idle.appendleft(conn)  # behind the recently used ones: those are popped first
+        return True
 
     def _release(self, conn: _Connection) -> None:
         if self.keep_alive and not conn.closed:

@@ -1,7 +1,7 @@
 """Send one request and time it: SSE streaming or plain JSON, every failure mode a status.
 
 Input: a connection pool (:mod:`loadgen.client.http`), a prepared body and a
-record dict. Output: the same record filled with ``sent_ns, first_byte_ns,
+record dict. Output: the same record filled with ``sent_ns, connect_ms, first_byte_ns,
 first_token_ns, first_answer_ns, end_ns, chunk_ns, output_tokens,
 prompt_tokens, reasoning_tokens, response_id, status, http_status, error,
 attempts``. Nothing raises except cancellation; errors are record fields.
@@ -448,15 +448,25 @@ async def _attempts(
                 continue
             _fail(rec, "connection_error", f"connection broken: {exc}", now)
         except ConnectTimeout as exc:
+            _connect_failed(rec, response)
             _fail(rec, "connection_error", f"connect timeout: {exc}", now)
         except ConnectError as exc:
+            _connect_failed(rec, response)
             _fail(rec, "connection_error", f"cannot connect: {exc}", now)
         except (StallTimeout, TotalTimeout) as exc:
             _fail(rec, "timeout", str(exc), now)
         except (StreamError, InvalidResponse) as exc:
             _fail(rec, "protocol_error", str(exc), now)
+        finally:  # the last attempt's own connect, if it opened one (cancellation included)
+            rec["connect_ms"] = response.connect_ms
         break
     return response.headers if response is not None and response.status else None
+
+
+def _connect_failed(rec: dict[str, Any], response: _Response) -> None:
+    """A request whose connection never opened: ``sent_ns`` is when the connect began."""
+    if rec.get("sent_ns") is None:
+        rec["sent_ns"] = response.connect_start_ns
 
 
 def _fail(rec: dict[str, Any], status: str, error: str, now: Clock) -> None:

@@ -44,7 +44,10 @@ RECORD_SCHEMA = pa.schema(
         pa.field("session_id", pa.string()),
         pa.field("turn", pa.int32()),
         _time("scheduled_ns"),
-        _time("sent_ns"),
+        _time("sent_ns"),  # when the request's bytes were written: after its connect, if it opened one
+        # how long the request's own connection took to open (TCP, proxy, TLS); null when it went out
+        # on a connection opened before the level (warm-up) or kept alive from an earlier request
+        pa.field("connect_ms", pa.float32(), metadata=DURATION_MS),
         _time("first_byte_ns"),
         _time("first_token_ns"),  # first generated token of any kind (reasoning included)
         _time("first_answer_ns"),  # first answer (non-reasoning) token

@@ -26,7 +26,7 @@ from loadgen.client.stream import execute
 from loadgen.collector import DirectSink, PartTarget, Sink
 from loadgen.config import ClusterConfig, TargetConfig
 from loadgen.rundir import TELEMETRY_SCHEMA, LoadMode, RecordBuffer, to_batch
-from loadgen.worker.level import LevelReport, LevelRun, LevelState
+from loadgen.worker.level import LevelReport, LevelRun, LevelState, connections_needed
 from loadgen.worker.limits import check_socket_limits
 from loadgen.worker.strategies import strategy_for
 
@@ -87,6 +87,9 @@ class WorkerCore:
         self._telemetry_writer: Optional[PartTarget] = None
         self._writing: Optional[asyncio.Future] = None  # the part write in flight, if any
         self._prepared: Optional[LevelState] = None  # the level prepare_level readied
+        self.warmed = (0, None)  # the last warm-up: connections opened, first failure
+        self._latency_sum_ns = 0  # the last level's ok requests' sent-to-end times, to size the next warm-up
+        self._latency_n = 0
         self._running: Optional[LevelState] = None  # the level start_level runs
 
     # ------------------------------------------------------------------ clock
@@ -159,14 +162,27 @@ class WorkerCore:
 
     # ------------------------------------------------------------------ one level
     async def prepare_level(self, run: LevelRun, shard: pa.Table) -> None:
-        """Take this worker's shard of a level and get ready to send it (the slow part)."""
+        """Take this worker's shard of a level and get ready to send it (the slow part).
+
+        Opening the level's connections is part of it: the driver sets t0 only once
+        every worker is prepared, so the warm-up is outside the level.
+        """
         if run.mode is LoadMode.CONCURRENCY:
             check_socket_limits(run.concurrency, self.worker_id)
         self._prepared = LevelState(run, shard, self._body)
+        await self._warm_up(run, shard.num_rows)
         # The level's rows and bodies live until its end: a full collection walking them
         # mid-level stalls the loop for tens of milliseconds, so they are exempted from it.
         gc.collect()
         gc.freeze()
+
+    async def _warm_up(self, run: LevelRun, rows: int) -> None:
+        """Open the connections the level will need, paced (``cluster.connect_rate_per_worker``)."""
+        assert self.pool is not None
+        latency_s = self._latency_sum_ns / self._latency_n / 1e9 if self._latency_n else None
+        cap = self.cluster.connections_per_worker or self.cluster.max_in_flight_per_worker
+        need = connections_needed(run, rows, latency_s, cap)
+        self.warmed = await self.pool.warm(need, self.cluster.connect_rate_per_worker)
 
     def _body(self, cols: dict[str, list[Any]], k: int) -> bytes:
         t = self.target
@@ -185,6 +201,7 @@ class WorkerCore:
         self._running = state
         self.sent = self.completed = self.errors = self.in_flight = 0
         self.lag_max_ms = 0.0
+        self._latency_sum_ns = self._latency_n = 0  # the next warm-up is sized by this level's latency
         cpu0 = time.process_time()
         monitor = asyncio.ensure_future(self._monitor(state))
         flusher = asyncio.ensure_future(self._flush_loop(state))
@@ -262,7 +279,13 @@ class WorkerCore:
         else:
             self.errors += 1
         st.buffer.append(rec)
-        st.lags.append(rec["sent_ns"] - scheduled_ns)
+        sent_ns = rec["sent_ns"]
+        connect_ms = rec.get("connect_ms")
+        # Late is when the request left (its connect began), not when its bytes went out after it.
+        st.lags.append(sent_ns - scheduled_ns - (int(connect_ms * 1e6) if connect_ms else 0))
+        if rec["status"] == "ok" and rec.get("end_ns"):
+            self._latency_sum_ns += rec["end_ns"] - sent_ns
+            self._latency_n += 1
         return rec
 
     async def _execute(self, st: LevelState, k: int, rec: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ worker's ledger of the level and its raw timing health.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -53,6 +54,29 @@ class LevelReport:
     def sent(self) -> int:
         """Requests sent (each ended with exactly one status)."""
         return sum(self.statuses.values())
+
+
+#: Open loop before any request has ended: the latency assumed for sizing the warm-up (s).
+DEFAULT_LATENCY_S = 2.0
+#: Open loop: headroom over rate × latency, for the bursts of random arrivals.
+_WARM_HEADROOM = 1.5
+
+
+def connections_needed(run: LevelRun, rows: int, latency_s: Optional[float], cap: int) -> int:
+    """How many connections a worker should open before ``run`` starts (never above ``cap``).
+
+    Closed loop: one per stream. Open loop: the requests in flight at once by
+    Little's law, rate × expected latency (``latency_s``, the worker's last
+    measured mean; ``DEFAULT_LATENCY_S`` before it has one) with headroom,
+    within ``max_concurrency`` and the ``rows`` the level sends.
+    """
+    if run.mode is LoadMode.CONCURRENCY:
+        want = min(run.concurrency, run.max_requests or run.concurrency)
+    else:
+        rate = rows / run.duration_s if run.duration_s > 0 else rows
+        want = math.ceil(rate * (latency_s or DEFAULT_LATENCY_S) * _WARM_HEADROOM)
+        want = min(want, rows, run.max_concurrency or rows)
+    return max(0, min(want, cap))
 
 
 #: Shard columns the worker reads per request.
