@@ -31,7 +31,7 @@ def write_twin(path: str, profile: SimProfile, fit: Optional[dict[str, Any]] = N
         body["fit"] = _plain(fit)
     with open(path, "w", encoding="utf-8") as f:
         f.write(header)
-        yaml.safe_dump(body, f, sort_keys=False, default_flow_style=None, width=120)
+        yaml.safe_dump(body, f, sort_keys=False, default_flow_style=False, width=120)
     return path
 
 
