@@ -173,6 +173,14 @@ def runs_the_simulator(cfg) -> bool:
     )
 
 
+def _may_run_here(overrides: list[str]) -> bool:
+    """A quick look before composing (slow on a busy machine): no other server, workload or cluster is picked."""
+    picks = dict(o.split("=", 1) for o in overrides if o.split("=", 1)[0] in ("target", "workload", "cluster"))
+    sim = (ROOT / "conf" / "target" / f"{picks.get('target', 'sim')}.yaml").read_text()
+    return re.search(r"^kind: sim$", sim, re.M) is not None and picks.get("workload", "synthetic") == "synthetic" \
+        and picks.get("cluster", "local") == "local"
+
+
 def shortened(overrides: list[str]) -> list[str]:
     """A simulator command's overrides made to finish in seconds.
 
@@ -228,8 +236,8 @@ def simulator_runs(tmp: Path) -> list[list[str]]:
         if any(a.startswith("--cfg") or a in ("--help", "-h") for a in cmd.args):
             continue
         for overrides in expand(cmd):
-            if stand_in_files(overrides, tmp) != overrides:
-                continue  # it names a file this machine does not have (a trace, a fitted profile)
+            if stand_in_files(overrides, tmp) != overrides or not _may_run_here(overrides):
+                continue  # it names a file this machine does not have, or a server, a trace or a cluster
             try:
                 cfg = compose(overrides)
             except ConfigError:
