@@ -137,6 +137,9 @@ def test_the_tools_agree_on_types_values_and_status(run):
     assert lazy.schema["level"] == pl.Int32 and lazy.height == sum(r["status"] == "ok" for r in rows)
     [(ok,)] = duckdb.sql(f"SELECT count(*) FROM '{root}/*.parquet' WHERE status = 'ok' AND level = 1").fetchall()
     assert ok == sum(r["status"] == "ok" and r["level"] == 1 for r in rows)
+    # One level by file name, as docs/run-directory.md shows it.
+    [(n, levels)] = duckdb.sql(f"SELECT count(*), list(DISTINCT level) FROM '{root}/part-level-1-*.parquet'").fetchall()
+    assert (n, levels) == (sum(r["level"] == 1 for r in rows), [1])
     assert sorted(pq.read_table(root).column("request_id").to_pylist()) == sorted(r["request_id"] for r in rows)
     assert read_records(str(run_dir)).num_rows == len(rows)  # and loadgen's own reader, on the same directory
 
