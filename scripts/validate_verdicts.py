@@ -30,7 +30,7 @@ The criteria (issue 11), with T the true capacity:
 3. no level offered below 0.8 T is called saturated (a level "too short to
    judge" is not called saturated; it is shown as such).
 
-    python scripts/validate_verdicts.py            # every case (about 15 min on 2 cores)
+    python scripts/validate_verdicts.py            # every case (about 20 min on 2 cores)
     python scripts/validate_verdicts.py --quick    # two FIFO cases (about 4 min)
     python scripts/validate_verdicts.py --cases fifo-short-sweep,sim-small-sweep --out /tmp/vv
 """
@@ -125,6 +125,9 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("fifo-long-sweep", "fifo", output_tokens=300, slots=32, ttft_ms=50, itl_ms=20,
          fractions=(0.33, 0.66, 1.5), duration_s=8.0, slo_ttft_ms=3000.0,
          note="32 slots, 6.03 s requests, default 8 s levels; 1/3, 2/3 and 1.5 × capacity"),
+    Case("fifo-long-near", "fifo", output_tokens=300, slots=32, ttft_ms=50, itl_ms=20,
+         fractions=(0.66, 0.9, 1.2), duration_s=8.0, slo_ttft_ms=10000.0,
+         note="6.03 s requests at 0.66, 0.9 and 1.2 × capacity; TTFT SLO 10 s, so keeping up alone must find the overload"),
     Case("fifo-search", "fifo", output_tokens=32, slots=4, ttft_ms=50, itl_ms=10, load="search",
          duration_s=8.0, search_start=0.3, search_max_levels=6, note="load=search, 4 slots, 0.36 s requests"),
     Case("fifo-1slot-sweep", "fifo", output_tokens=16, slots=1, ttft_ms=50, itl_ms=10, duration_s=20.0,
@@ -178,6 +181,23 @@ def truth(case: Case) -> tuple[float, str]:
 
 
 # --------------------------------------------------------------------------- running a case
+
+
+@contextlib.contextmanager
+def shared_ray() -> Iterator[None]:
+    """Input: none. Output: a context in which one private local Ray (127.0.0.1, 2 CPUs) serves every case.
+
+    Each loadgen run joins it instead of starting and stopping its own, which
+    costs 15–30 s per run on a busy 2-core machine; the workers are still
+    started and stopped per run.
+    """
+    from loadgen import cluster
+
+    started = cluster.connect(ClusterConfig(workers=1, num_cpus=2))
+    try:
+        yield
+    finally:
+        cluster.shutdown(started)
 
 
 @contextlib.contextmanager
@@ -413,10 +433,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     out_root = Path(args.out or tempfile.mkdtemp(prefix="validate_verdicts_"))
     print(f"run directories under {out_root}\n{HEADER}", flush=True)
     outcomes = []
-    for name in names:
-        outcome = run_case(CASES[name], out_root)
-        outcomes.append(outcome)
-        print(row(outcome), flush=True)
+    with shared_ray():
+        for name in names:
+            outcome = run_case(CASES[name], out_root)
+            outcomes.append(outcome)
+            print(row(outcome), flush=True)
     for o in outcomes:
         if o.failures:
             print(f"\n{o.case} ({o.derivation}): FAIL\n  " + "\n  ".join(o.failures))

@@ -66,6 +66,7 @@ class Stats:
     hold_s_sum: float = 0.0  # total time slots were held by completed requests
     hold_s_max: float = 0.0
     excess_s_max: float = 0.0  # worst lateness of a last token behind its nominal deadline
+    excess_s_sum: float = 0.0  # total lateness of last tokens (the slot was held this much longer than nominal)
     queue_s_sum: float = 0.0  # total time admitted requests waited for a slot
 
     def to_dict(self, slots: int, in_service: int, queued: int) -> dict[str, Any]:
@@ -81,6 +82,7 @@ class Stats:
             "mean_hold_s": self.hold_s_sum / done if self.completed else None,
             "max_hold_s": self.hold_s_max,
             "max_excess_s": self.excess_s_max,
+            "mean_excess_s": self.excess_s_sum / done if self.completed else None,
             "mean_queue_s": self.queue_s_sum / max(self.admitted, 1) if self.admitted else None,
         }
 
@@ -133,6 +135,7 @@ class Slots:
         s.hold_s_sum += hold_s
         s.hold_s_max = max(s.hold_s_max, hold_s)
         s.excess_s_max = max(s.excess_s_max, excess_s)
+        s.excess_s_sum += excess_s
 
 
 # --------------------------------------------------------------------------- the HTTP API

@@ -38,6 +38,13 @@ def _validator():
 vv = _validator()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_ray():
+    """One private local Ray for the three runs (each would otherwise start its own: 15–30 s apiece)."""
+    with vv.shared_ray():
+        yield
+
+
 def _check(name: str, tmp_path: Path) -> None:
     """Run one case of the validation script and fail with its table row and levels if a criterion is missed."""
     outcome = vv.run_case(vv.CASES[name], tmp_path)
