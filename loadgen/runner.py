@@ -114,29 +114,29 @@ def run(cfg: LoadgenConfig, run_dir: str, *, console: Optional[Console] = None, 
     meta = RunMeta(run_id=run_id, started_at=_now_iso(), versions=_versions(), config=redact(cfg))
     state = RunState(run_dir, meta)
     state.save()
-
-    workload = load_workload(cfg.workload)
-    meta.workload = workload.summary()
-    console.print(
-        f"workload: {workload.kind} ({workload.table.num_rows} requests"
-        + (f", {sum(workload.skipped.values())} rows skipped" if workload.skipped else "")
-        + ")"
-    )
-
-    ground_truth = run_file(run_dir, SIM_GROUND_TRUTH) if cfg.target.sim_ground_truth else None
-    target = resolve(clusters.primary_target(cfg.target), ground_truth=ground_truth)
-    fleet = clusters.probe_fleet(cfg.target, target.model) if cfg.target.urls else None
-    meta.target = {**target.summary(), **({"urls": fleet} if fleet else {})}
-    console.print(f"target: {target.base_url} (model {target.model}, {target.kind})")
     started_ray = False
     pool = None
-    headers = {"Authorization": f"Bearer {api_key(cfg.target)}"} if api_key(cfg.target) else None
-    state.scraper = scraper_for(
-        target.root_url, target.engine, cfg.target.metrics_path, cfg.target.scrape_interval_s,
-        headers=headers, on_problem=lambda msg: console.print(f"[yellow]{msg}[/]", highlight=False),
-        target=cfg.target,  # scrape with the target's TLS options and proxy, as the load goes
-    )
+    target: Optional[ResolvedTarget] = None
+    # Everything after run.json exists ends it one way or another: complete, interrupted or failed (with why).
     try:
+        workload = load_workload(cfg.workload)
+        meta.workload = workload.summary()
+        console.print(
+            f"workload: {workload.kind} ({workload.table.num_rows} requests"
+            + (f", {sum(workload.skipped.values())} rows skipped" if workload.skipped else "")
+            + ")"
+        )
+        ground_truth = run_file(run_dir, SIM_GROUND_TRUTH) if cfg.target.sim_ground_truth else None
+        target = resolve(clusters.primary_target(cfg.target), ground_truth=ground_truth)
+        fleet = clusters.probe_fleet(cfg.target, target.model) if cfg.target.urls else None
+        meta.target = {**target.summary(), **({"urls": fleet} if fleet else {})}
+        console.print(f"target: {target.base_url} (model {target.model}, {target.kind})")
+        headers = {"Authorization": f"Bearer {api_key(cfg.target)}"} if api_key(cfg.target) else None
+        state.scraper = scraper_for(
+            target.root_url, target.engine, cfg.target.metrics_path, cfg.target.scrape_interval_s,
+            headers=headers, on_problem=lambda msg: console.print(f"[yellow]{msg}[/]", highlight=False),
+            target=cfg.target,  # scrape with the target's TLS options and proxy, as the load goes
+        )
         started_ray = clusters.connect(cfg.cluster)
         spec = TargetSpec(base_url=target.base_url, model=target.model, config=cfg.target, api_key=api_key(cfg.target))
         pool = clusters.start_workers(
@@ -165,7 +165,8 @@ def run(cfg: LoadgenConfig, run_dir: str, *, console: Optional[Console] = None, 
         if pool is not None:
             pool.close()
         clusters.shutdown(started_ray)
-        target.close()
+        if target is not None:
+            target.close()
     return meta
 
 
