@@ -301,7 +301,7 @@ def _run_one(
     t0 = now_ns() + int(START_LEAD_S * 1e9) + pool.max_clock_uncertainty_ns()
     futures = [pool.actors[w].start_level.remote(t0) for w in live]
 
-    # numbered as in the report, records (level=K) and run.json; the count is for progress
+    # numbered as in the report, records (part-level-K-…) and run.json; the count is for progress
     title = f"level {spec.index} ({spec.index + 1}/{n_levels or '?'})  {spec.value:g} {spec.mode.unit}"
     results: dict[int, LevelReport] = {}
     lost: dict[int, str] = {}
