@@ -40,6 +40,7 @@ from loadgen.rundir import (
 )
 from loadgen.rundir.layout import SIM_GROUND_TRUTH, run_file
 from loadgen.rundir.meta import empty_errors
+from loadgen.rundir.parts import remove_unfinished_parts
 from loadgen.rundir.read import worker_statuses
 from loadgen.schedule import LevelPlan, LevelSpec, RequestCursor, level_specs, plan_level
 from loadgen.scrape import MetricsScraper, scraper_for
@@ -165,6 +166,8 @@ def run(cfg: LoadgenConfig, run_dir: str, *, console: Optional[Console] = None, 
         if pool is not None:
             pool.close()
         clusters.shutdown(started_ray)
+        # A worker killed mid-write leaves a hidden half-part; no writer is left now to finish it.
+        remove_unfinished_parts(run_dir)
         if target is not None:
             target.close()
     return meta

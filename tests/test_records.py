@@ -119,3 +119,14 @@ def test_levels_are_found_below_the_records_root_whatever_the_root_is_called(tmp
         (0, ["r0"]), (2, ["r2"])
     ]
     assert [lv for lv, _ in iter_level_tables(f"file://{root}/", ["request_id"])] == [0, 2]
+
+
+def test_half_written_parts_of_a_killed_writer_are_removed_and_finished_ones_kept(tmp_path):
+    from loadgen.rundir.parts import remove_unfinished_parts
+
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / ".part-level-0-worker-1-00003-abcd.parquet.tmp").write_bytes(b"PAR1 half")
+    (records / "part-level-0-worker-1-00002-abcd.parquet").write_bytes(b"kept")
+    assert remove_unfinished_parts(str(tmp_path)) == 1
+    assert sorted(p.name for p in records.iterdir()) == ["part-level-0-worker-1-00002-abcd.parquet"]

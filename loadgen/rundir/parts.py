@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from loadgen.rundir.layout import Parts
+from loadgen.rundir.layout import Parts, records_root, telemetry_root
 from loadgen.rundir.schema import RECORD_FIELDS, RECORD_SCHEMA
 
 _SCALAR_FIELDS = tuple(n for n in RECORD_FIELDS if n != "chunk_ns")
@@ -138,3 +138,21 @@ def write_table_atomically(table: pa.Table, path: str) -> str:
     pq.write_table(table, tmp)
     os.replace(tmp, path)
     return path
+
+
+def remove_unfinished_parts(run_dir: str) -> int:
+    """Delete parts a killed writer left half-written (``.*.tmp``) under a local run directory; return how many.
+
+    They hold nothing readable, and some readers (polars) refuse a directory that holds them.
+    Call it only when no writer of the run is left.
+    """
+    removed = 0
+    for root in (records_root(run_dir), telemetry_root(run_dir)):
+        if "://" in root or not os.path.isdir(root):
+            continue
+        for dirpath, _, names in os.walk(root):
+            for name in names:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    os.remove(os.path.join(dirpath, name))
+                    removed += 1
+    return removed
