@@ -129,7 +129,7 @@ CASES: dict[str, Case] = {c.name: c for c in (
          fractions=(0.66, 0.9, 1.2), duration_s=8.0, slo_ttft_ms=10000.0,
          note="6.03 s requests at 0.66, 0.9 and 1.2 × capacity; TTFT SLO 10 s, so keeping up alone must find the overload"),
     Case("fifo-search", "fifo", output_tokens=32, slots=4, ttft_ms=50, itl_ms=10, load="search",
-         duration_s=8.0, search_start=0.3, search_max_levels=6, note="load=search, 4 slots, 0.36 s requests"),
+         duration_s=8.0, search_start=0.3, search_max_levels=5, note="load=search (5 levels), 4 slots, 0.36 s requests"),
     Case("fifo-1slot-sweep", "fifo", output_tokens=16, slots=1, ttft_ms=50, itl_ms=10, duration_s=20.0,
          slo_ttft_ms=4000.0, note="one slot, 0.2 s requests (M/D/1: long queues below capacity)"),
     Case("fifo-64slots-sweep", "fifo", output_tokens=100, slots=64, ttft_ms=100, itl_ms=20, duration_s=15.0,
