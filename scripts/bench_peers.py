@@ -391,17 +391,41 @@ class Loadgen(Tool):
             "cluster.workers=1", "analysis.plots=false", "progress=false",
         ]
 
+    def env(self, case: Case) -> dict:
+        # --loadgen-src pins the code measured (the editable install follows a working tree others edit).
+        src = self.args.loadgen_src
+        return {"PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))} if src else {}
+
     def result(self, case: Case, out: Path, output: str) -> Outcome:
         import numpy as np
-        import pyarrow.compute as pc
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-        from loadgen.rundir import read_records
+        # Read the parts directly (not through loadgen.rundir), so a pinned older loadgen's records read too.
+        cols = ["status", "first_token_ns", "sent_ns", "output_tokens"]
+        parts = [pq.read_table(f, columns=cols) for f in sorted((out / "run" / "records").rglob("*.parquet"))]
+        recs = pa.concat_tables(parts) if parts else pa.table({c: [] for c in cols})
+        ok = np.asarray(recs.column("status").to_pylist()) == "ok"
+        first, sent = recs.column("first_token_ns").to_numpy(zero_copy_only=False), recs.column("sent_ns").to_numpy(zero_copy_only=False)
+        ttft = (first[ok] - sent[ok]) / 1e6
+        tokens = int(np.sum(recs.column("output_tokens").to_numpy(zero_copy_only=False)[ok]))
+        return Outcome(int(ok.sum()), float(np.mean(ttft)) if ttft.size else float("nan"), tokens)
 
-        recs = read_records(str(out / "run"))
-        ok = recs.filter(pc.equal(recs.column("status"), "ok"))
-        ttft = (ok.column("first_token_ns").to_numpy() - ok.column("sent_ns").to_numpy()) / 1e6
-        tokens = int(np.sum(ok.column("output_tokens").to_numpy()))
-        return Outcome(ok.num_rows, float(np.mean(ttft)) if ttft.size else float("nan"), tokens)
+
+def loadgen_source(args: argparse.Namespace) -> str:
+    """Which loadgen code the loadgen runs use: the pinned folder, or this checkout's commit and edited files."""
+    if args.loadgen_src:
+        return f"loadgen from {args.loadgen_src} (--loadgen-src)"
+    repo = HERE.parent
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "loadgen"], capture_output=True,
+                               text=True, timeout=30).stdout.split("\n")
+    except (OSError, subprocess.TimeoutExpired):
+        return "loadgen from this checkout (git not available)"
+    edited = [line[3:] for line in dirty if line.strip()]
+    return f"loadgen from this checkout at {head}" + (f", with uncommitted edits in {', '.join(edited)}" if edited else "")
 
 
 # Locust: a FastHttpUser streams each completion, timing its first token event itself (Locust's own
@@ -759,6 +783,8 @@ def main() -> None:
                                         "else vllm on PATH)")
     ap.add_argument("--aiperf-venv", help="a venv with aiperf (default: aiperf on PATH)")
     ap.add_argument("--guidellm-venv", help="a venv with guidellm (default: guidellm on PATH)")
+    ap.add_argument("--loadgen-src", help="run loadgen from this folder (PYTHONPATH), e.g. a snapshot: "
+                                          "git archive HEAD loadgen conf | tar -x -C DIR")
     ap.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER),
                     help="a local Hugging Face tokenizer folder for vLLM, AIPerf and guidellm (prompts are synthesised)")
     ap.add_argument("--run-timeout-s", type=float, default=600, help="a run still going after this is killed")
@@ -785,6 +811,8 @@ def main() -> None:
     runs: list[Run] = []
     print(f"mock server {url} (TTFT 50 ms, 10 ms per token, {args.tokens} tokens); {os.cpu_count()} cores; "
           f"load average before: {loadavg()}", flush=True)
+    if "loadgen" in tools:
+        print(loadgen_source(args), flush=True)
     try:
         for repeat in range(args.repeats):
             for tool in tools.values():
