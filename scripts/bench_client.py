@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import fast_sse_server  # noqa: E402
-
 from loadgen.config import ClusterConfig, LengthDist, LoadConfig, LoadgenConfig, TargetConfig, WorkloadConfig  # noqa: E402
 from loadgen.rundir import read_records  # noqa: E402
 from loadgen.runner import run  # noqa: E402
@@ -44,6 +43,52 @@ def proc_cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def sample_all_cpu(exclude: set[int], stop: threading.Event, out: list) -> None:
+    """(epoch ns, CPU seconds so far of this process and every process below it but ``exclude``), every 0.2 s.
+
+    That is the driver, the private Ray's daemons (GCS, raylet, dashboard agents
+    and what else it started) and the workers: every process of a local run.
+    Processes that exit lose their CPU from the sum, so only differences between
+    samples inside a level (when nothing starts or exits) are used.
+    """
+    me = os.getpid()
+    while not stop.is_set():
+        total = 0.0
+        for pid in [me] + descendants(me):
+            if pid not in exclude:
+                try:
+                    total += proc_cpu_s(pid)
+                except (OSError, ValueError, IndexError):
+                    pass
+        out.append((time.time_ns(), total))
+        time.sleep(0.2)
+
+
+def cpu_between(samples: list, start_ns: int, end_ns: int) -> float:
+    """CPU seconds between the first sample at or after ``start_ns`` and the last at or before ``end_ns``."""
+    inside = [c for t, c in samples if start_ns <= t <= end_ns]
+    return inside[-1] - inside[0] if len(inside) >= 2 else float("nan")
 
 
 def rss_mb(pid: int) -> float:
@@ -123,8 +168,10 @@ def _measure(args, concurrency: int, workers: int, server_pids: list[int], procs
     rss: dict = {}
     sampler = threading.Thread(target=sample_worker_rss, args=(run_dir, stop, rss), daemon=True)
     sampler.start()
+    all_cpu: list = []
+    threading.Thread(target=sample_all_cpu, args=(set(server_pids), stop, all_cpu), daemon=True).start()
     t0 = time.monotonic()
-    meta = run(cfg, run_dir)
+    meta = run(cfg, run_dir).to_dict()
     wall = time.monotonic() - t0
     stop.set()
     level = meta["levels"][0]
@@ -135,6 +182,13 @@ def _measure(args, concurrency: int, workers: int, server_pids: list[int], procs
     worker_cpu = sum(w["cpu_s"] for w in level["workers"])
     driver_cpu = level["driver_cpu_s"]
     span = (level["end_ns"] - level["start_ns"]) / 1e9
+    # Every process of the run over the level (the clock is the epoch clock on one machine).
+    all_cpu_s = cpu_between(all_cpu, level["start_ns"], level["end_ns"])
+    all_span = [t for t, _ in all_cpu if level["start_ns"] <= t <= level["end_ns"]]
+    all_span_s = (all_span[-1] - all_span[0]) / 1e9 if len(all_span) >= 2 else float("nan")
+    ok_end = np.array(ok.column("end_ns").to_pylist()) if ok.num_rows else np.zeros(0)
+    in_all = (ok_end >= all_span[0]) & (ok_end <= all_span[-1]) if len(all_span) >= 2 else np.zeros(0, bool)
+    all_tokens = int(np.sum(ok.column("output_tokens").to_numpy()[in_all])) if in_all.any() else 0
     ttft = (np.array(ok.column("first_token_ns").to_pylist()) - np.array(ok.column("sent_ns").to_pylist())) / 1e6
     # TTFT error against the server's own write time of the first token.
     for p in procs:
@@ -155,6 +209,9 @@ def _measure(args, concurrency: int, workers: int, server_pids: list[int], procs
         "tokens_per_s": streamed / span,
         "loadgen_cpu_s": worker_cpu + driver_cpu,
         "tokens_per_cpu_s": streamed / max(worker_cpu + driver_cpu, 1e-9),
+        # every process (driver, Ray's daemons, workers): tokens of requests that ended between two CPU samples
+        "all_cpu_pct": 100 * all_cpu_s / all_span_s if all_span_s == all_span_s else float("nan"),
+        "tokens_per_all_cpu_s": all_tokens / all_cpu_s if all_cpu_s > 0 else float("nan"),
         "worker_cpu_pct": 100 * worker_cpu / span / workers,
         "server_cpu_pct": 100 * srv_cpu / span,
         "ttft_p50_ms": float(np.median(ttft)),
@@ -189,7 +246,8 @@ def main() -> None:
             print(
                 f"workers={workers} concurrency={c}: {r['tokens']} tokens, {r['tokens_per_s']:.0f} tok/s, "
                 f"{r['tokens_per_cpu_s']:.0f} tok per loadgen CPU-s (worker CPU {r['worker_cpu_pct']:.0f}%/worker, "
-                f"server CPU {r['server_cpu_pct']:.0f}%), TTFT p50 {r['ttft_p50_ms']:.1f} ms p99 {r['ttft_p99_ms']:.1f} ms "
+                f"server CPU {r['server_cpu_pct']:.0f}%); all processes: {r['tokens_per_all_cpu_s']:.0f} tok per CPU-s "
+                f"({r['all_cpu_pct']:.0f}% CPU), TTFT p50 {r['ttft_p50_ms']:.1f} ms p99 {r['ttft_p99_ms']:.1f} ms "
                 f"(error vs server write time p50 {r['ttft_err_p50_ms']:.2f} ms p99 {r['ttft_err_p99_ms']:.2f} ms), "
                 f"loop lag p99 {r['loop_lag_p99_ms']:.1f} ms, errors {r['errors']}",
                 flush=True,
