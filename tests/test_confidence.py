@@ -150,7 +150,8 @@ def test_summary_files_and_report_carry_intervals_and_sample_notes(tmp_path):
     assert ttft["ci"]["p50"][0] <= ttft["p50"] <= ttft["ci"]["p50"][1]
     assert ttft["ci"]["p99"][1] is None  # 150 samples cannot bound p99 from above
     n = ttft["count"]
-    assert f"p99 TTFT from {n} samples: too few to bound (needs ≥ 368)" in saved["levels"][2]["notes"]
+    note = next(x for x in saved["levels"][2]["notes"] if "too few to bound" in x)
+    assert note.startswith(f"p99 TTFT from {n} samples") and note.endswith("too few to bound (needs ≥ 368)")
     assert saved["levels"][2]["failures"] == summary.levels[2].failures  # a note, never a failure
     assert not any("too few" in f for lv in saved["levels"] for f in lv["failures"])
     rows = pq.read_table(os.path.join(run_dir, "summary.parquet")).to_pylist()
@@ -158,7 +159,7 @@ def test_summary_files_and_report_carry_intervals_and_sample_notes(tmp_path):
     assert rows[2]["ttft_p99_hi_ms"] is None
     buf = io.StringIO()
     render_terminal(summary, Console(file=buf, width=250))
-    assert f"level 2: p99 TTFT from {n} samples: too few to bound" in buf.getvalue()
+    assert f"level 2: p99 TTFT from {n} samples, TPOT from {n}: too few to bound" in buf.getvalue()
     page = render_html(summary, [])
     assert "Confidence intervals" in page and f"level 2: p99 TTFT from {n} samples" in page
     lo, hi = ttft["ci"]["p50"]

@@ -138,15 +138,16 @@ def compare_intervals(base: Optional[Interval], other: Optional[Interval]) -> Op
 
 
 def too_few_notes(percentile: float, counts: dict[str, int]) -> list[str]:
-    """A note per metric whose ``percentile`` rests on fewer samples than an upper bound needs.
+    """One note naming the metrics whose ``percentile`` rests on fewer samples than an upper bound needs.
 
     Input: the SLO percentile and {metric label: sample count}. Output: e.g.
-    "p99 TTFT from 120 samples: too few to bound (needs ≥ 368)". An empty
-    sample is left to the verdict ("no data").
+    ["p99 TTFT from 120 samples, TPOT from 118: too few to bound (needs ≥ 368)"],
+    or [] when every metric has enough. An empty sample is left to the verdict ("no data").
     """
     need = min_samples_for_upper(percentile)
-    return [
-        f"p{percentile:g} {label} from {n:,} samples: too few to bound (needs ≥ {need:,})"
-        for label, n in counts.items()
-        if 0 < n < need
-    ]
+    short = [(label, n) for label, n in counts.items() if 0 < n < need]
+    if not short:
+        return []
+    (first, n0), rest = short[0], short[1:]
+    named = [f"p{percentile:g} {first} from {n0:,} samples"] + [f"{label} from {n:,}" for label, n in rest]
+    return [f"{', '.join(named)}: too few to bound (needs ≥ {need:,})"]
