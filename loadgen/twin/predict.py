@@ -321,8 +321,6 @@ def _predict_level(cfg: LoadgenConfig, cursor: RequestCursor, spec: LevelSpec, s
             if s.request.replica is not None and not s.request.seq.done:
                 s.request.replica.engine.cancel(s.request.seq)
                 s.request.replica.outstanding -= 1
-            elif s.request.replica is None:
-                pass
     # Requests admitted later than the drain (still in the client heap) were never sent to the engine.
     leftover_admits = [p for _, _, kind, p in client if kind == "admit"]
     for req in leftover_admits:
