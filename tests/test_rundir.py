@@ -81,9 +81,10 @@ def test_the_live_warning_applies_the_same_rule_as_the_report():
 def test_a_run_that_fails_before_any_level_says_failed_and_why(tmp_path):
     from loadgen.config import LoadgenConfig, TargetConfig
     from loadgen.runner import run
+    from loadgen.target import TargetError
 
     cfg = LoadgenConfig(target=TargetConfig(kind="openai", url="http://127.0.0.1:9/v1", connect_timeout_s=1.0), progress=False)
-    with pytest.raises(Exception):
+    with pytest.raises(TargetError):
         run(cfg, str(tmp_path), console=Console(file=io.StringIO()))
     meta = read_meta(str(tmp_path))
-    assert meta is not None and meta.status is RunStatus.FAILED and meta.reason
+    assert meta is not None and meta.status is RunStatus.FAILED and "TargetError" in (meta.reason or "")
