@@ -56,6 +56,14 @@ def connect(cfg: ClusterConfig) -> bool:
                 )
         for key, value in LOOPBACK_ENV.items():
             os.environ.setdefault(key, value)
+    elif is_loopback(cfg.address):
+        # A cluster on 127.0.0.1 (scripts/cluster_start.sh --ip 127.0.0.1): without this Ray replaces the
+        # address with this machine's external one and cannot reach the GCS.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        if "ray" in sys.modules:
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = False  # what the variable sets when Ray is imported
     import ray
 
     if ray.is_initialized():
@@ -65,6 +73,15 @@ def connect(cfg: ClusterConfig) -> bool:
         return True
     ray.init(address=cfg.address, logging_level="warning", runtime_env=runtime_env(cfg))
     return True
+
+
+def is_loopback(address: Optional[str]) -> bool:
+    """Whether a Ray address (``HOST:PORT``, ``ray://HOST:PORT``, or ``auto``: then ``$RAY_ADDRESS``, as in a Ray
+    job) names this machine's loopback interface."""
+    if address in (None, "auto"):
+        address = os.environ.get("RAY_ADDRESS", "")
+    host = (address or "").split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
 
 
 def runtime_env(cfg: ClusterConfig) -> Optional[dict[str, Any]]:

@@ -19,7 +19,7 @@ import pytest
 from rich.console import Console
 
 from loadgen import runner
-from loadgen.cluster import ClusterError, plan_placement, start_workers
+from loadgen.cluster import ClusterError, is_loopback, plan_placement, start_workers
 from loadgen.collector import Collector, CollectorSink, DirectSink
 from loadgen.config import (
     AnalysisConfig,
@@ -109,6 +109,16 @@ def test_a_fleet_needs_http_urls_of_an_openai_target():
         validate(LoadgenConfig(target=TargetConfig(kind="sim", urls=fleet)))
     with pytest.raises(ConfigError, match="cluster.collect"):
         validate(LoadgenConfig(cluster=ClusterConfig(collect="nfs")))
+
+
+def test_a_cluster_on_loopback_is_recognised_from_its_address_or_ray_address(monkeypatch):
+    # Joining one needs RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, else Ray swaps 127.0.0.1 for the external address.
+    assert is_loopback("127.0.0.1:6379") and is_loopback("ray://localhost:10001") and is_loopback("[::1]:6379")
+    assert not is_loopback("10.0.0.1:6379")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:46383")  # what a Ray job's driver gets
+    assert is_loopback("auto")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert not is_loopback("auto")
 
 
 # --------------------------------------------------------------------------- sinks (no Ray)
