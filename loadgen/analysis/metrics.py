@@ -62,8 +62,7 @@ class Sample:
             self.sorted = np.sort(_narrow(values))
             self.cum: Optional[np.ndarray] = None
         else:
-            order = np.argsort(values, kind="stable")
-            self.sorted = values[order]
+            self.sorted, order = _stable_sort(values)
             self.cum = np.cumsum(weights[order], dtype=np.float64)
 
     def quantiles(self, qs: Sequence[float]) -> np.ndarray:
@@ -135,6 +134,28 @@ def _narrow(values: np.ndarray) -> np.ndarray:
     if values.dtype == np.int64 and values.size and values.max() < 2**31 and values.min() >= -(2**31):
         return values.astype(np.int32)
     return values
+
+
+def _stable_sort(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(values[order], order)`` with ``order = np.argsort(values, kind="stable")``, ~5× faster for integer durations.
+
+    Each value's offset from the minimum goes in the high 32 bits of a key and
+    its index in the low 32, so the keys are distinct and one unstable
+    (vectorised) sort of them yields the stable order, and the sorted values
+    with it; other dtypes or ranges fall back to argsort.
+    """
+    n = values.size
+    if values.dtype.kind != "i" or n == 0 or n >= 2**32 or int(values.max()) - int(values.min()) >= 2**31:
+        order = np.argsort(values, kind="stable")
+        return values[order], order
+    low = int(values.min())
+    keys = (values.astype(np.int64) - low) << 32
+    keys |= np.arange(n, dtype=np.int64)
+    keys.sort()
+    order = keys & 0xFFFFFFFF
+    keys >>= 32
+    keys += low
+    return keys.astype(values.dtype, copy=False), order
 
 
 def quantiles(values: np.ndarray, qs: Sequence[float], weights: Optional[np.ndarray] = None) -> np.ndarray:
@@ -284,9 +305,8 @@ def scan_chunks(
     multi-token chunks weigh as many tokens as they delivered.
     """
     gaps: list[np.ndarray] = []
-    gap_weights: list[np.ndarray] = []
+    gap_weights: list[Optional[np.ndarray]] = []  # None for an Arrow chunk whose gaps all weigh 1
     lengths_all: list[np.ndarray] = []
-    weighted = False
     tokens = 0.0
     row = 0
     for arr in chunks.chunks:
@@ -305,15 +325,32 @@ def scan_chunks(
         closes = np.repeat(sel, lengths)
         closes[starts[lengths > 0]] = False
         gaps.append(np.diff(values)[closes[1:]])
-        per_row = np.maximum(lengths - 1, 0)
-        gap_weights.append(np.repeat(weight[sel], per_row[sel]))
-        weighted = weighted or bool(np.any(weight[sel & (per_row > 0)] != 1.0))
+        gap_weights.append(_gap_weights(weight, lengths, sel))
     return ChunkScan(
         itl_ns=np.concatenate(gaps) if gaps else np.empty(0, np.int64),
-        itl_weights=np.concatenate(gap_weights) if weighted else None,
+        itl_weights=_join_weights(gaps, gap_weights),
         chunks=np.concatenate(lengths_all) if lengths_all else np.empty(0, np.int64),
         tokens_in_window=tokens,
     )
+
+
+def _gap_weights(weight: np.ndarray, lengths: np.ndarray, select: np.ndarray) -> Optional[np.ndarray]:
+    """Each selected request's chunk weight repeated once per gap it closes; None when every such weight is 1.
+
+    Unweighted is the common case (one token per chunk), and skipping the
+    array there saves a float64 per gap.
+    """
+    per_row = np.maximum(lengths - 1, 0)
+    if not np.any(weight[select & (per_row > 0)] != 1.0):
+        return None
+    return np.repeat(weight[select], per_row[select])
+
+
+def _join_weights(gaps: list[np.ndarray], weights: list[Optional[np.ndarray]]) -> Optional[np.ndarray]:
+    """The per-gap weights of all Arrow chunks as one array (ones where a chunk had None); None if all were None."""
+    if all(w is None for w in weights):
+        return None
+    return np.concatenate([np.ones(g.size) if w is None else w for g, w in zip(gaps, weights)])
 
 
 def _tokens_in_window(
