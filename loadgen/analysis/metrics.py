@@ -324,7 +324,8 @@ def scan_chunks(
         # Every chunk but a request's first closes a gap; keep the gaps of selected requests.
         closes = np.repeat(sel, lengths)
         closes[starts[lengths > 0]] = False
-        gaps.append(np.diff(values)[closes[1:]])
+        # int32 as soon as they fit: a level's gaps are held once, at half the size (Sample narrows them anyway).
+        gaps.append(_narrow(np.diff(values)[closes[1:]]))
         gap_weights.append(_gap_weights(weight, lengths, sel))
     return ChunkScan(
         itl_ns=np.concatenate(gaps) if gaps else np.empty(0, np.int64),
