@@ -18,6 +18,8 @@ Method (issue 15):
     tokens per CPU-s = (tokens_large - tokens_small) / (cpu_large - cpu_small).
     Tokens are the streams each tool completed times the tokens per request
     (the server sends exactly that many), so every tool is counted alike.
+    On a shared machine use --large 16384 1024: at 4,096 requests loadgen's
+    tokens cost 3-4 CPU-s, no more than its start-up varies between runs.
   * Start-up CPU-s = the CPU of a tiny run (4 requests at concurrency 4), or
     with --startup intercept the small run's CPU minus its tokens at the
     marginal rate (saves one run per tool).
@@ -26,6 +28,10 @@ Method (issue 15):
   * Each case runs --repeats times (default 2), interleaved across tools so a
     change in machine load hits all tools alike; every repeat is printed, and
     the load average before and after the whole measurement.
+  * loadgen runs from this checkout (its commit and edited files are printed)
+    or from --loadgen-src DIR, a pinned snapshot.
+  * The mock's token event gets "object": "text_completion" (as real servers
+    send it; AIPerf drops chunks without it), added by the script's launcher.
 
 Tools (each optional; a missing one is skipped with the command that installs
 it in its own virtualenv):
@@ -48,6 +54,7 @@ it in its own virtualenv):
     python scripts/bench_peers.py --tools aiohttp loadgen      # some of them
     python scripts/bench_peers.py --locust-venv /tmp/venvs/locust --aiperf-venv /tmp/venvs/aiperf
     python scripts/bench_peers.py --repeats 1 --startup intercept   # quicker, rougher
+    python scripts/bench_peers.py --large 16384 1024           # steadier on a shared machine
 """
 
 from __future__ import annotations
