@@ -71,12 +71,17 @@ export RAY_USAGE_STATS_ENABLED=0
 unset RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
 ray_start=(ray start)
 if [[ "$ip" == 127.0.0.1 || "$ip" == localhost ]]; then
-  # `ray start` replaces a loopback --node-ip-address with this machine's external address (then the
-  # GCS and raylet listen on every interface); keep the address as given: with a node address of
-  # 127.0.0.1, every Ray process of the node listens on 127.0.0.1 only.
+  # Every Ray process of a loopback node (and a driver or job started from it) must keep 127.0.0.1:
+  # with this variable unset Ray replaces it with this machine's external address, then its GCS and
+  # raylet listen on every interface and the dashboard agent cannot reach the GCS (job submission
+  # hangs). `ray start` itself refuses to start a worker node with the variable set, so only that
+  # command runs with Ray's multi-node check on and the address taken as given.
   ip=127.0.0.1
+  export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
   ray_start=(python -c 'import sys
+from ray._private import ray_constants
 import ray._private.services as services
+ray_constants.ENABLE_RAY_CLUSTER = True
 services.resolve_ip_for_localhost = lambda host: host
 from ray.scripts.scripts import main
 sys.argv[0] = "ray"
