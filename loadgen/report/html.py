@@ -22,11 +22,21 @@ from loadgen.rundir.layout import REPORT_HTML, run_file
 
 CSS = """
 body{font:14px/1.45 -apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1320px;color:#222;padding:0 16px}
-h1{font-size:22px;margin-bottom:2px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h1{font-size:22px;margin-bottom:2px;overflow-wrap:anywhere} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
 .sub{color:#666;margin-top:0} table{border-collapse:collapse;font-size:12.5px;margin:8px 0}
-th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap} th{background:#f4f6f8}
-td.l,th.l{text-align:left;white-space:normal} tr.sat td{background:#fdecea} tr.cb td{background:#fff8e1}
+th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap} th{background:#f4f6f8;font-weight:600}
+td.l,th.l{text-align:left} td.w{white-space:normal;min-width:16em}
+thead{position:sticky;top:0;z-index:1} thead th{box-shadow:inset 0 -1px 0 #ccc}
+th.g{text-align:center;border-bottom:none} th.u{font-weight:400;color:#555}
+.scroll{overflow-x:auto;max-width:100%}
+tr.sat td{background:#fdecea} tr.cb td{background:#fff8e1}
 tr.diff td{font-weight:600}
+.flag{display:inline-block;padding:0 4px;margin-right:3px;border-radius:3px;font-size:11px;font-weight:600;background:#eceff1;color:#333}
+.flag.sat,.flag.slo{background:#f8d7da;color:#8a1020} .flag.point{background:#ffe08a;color:#5c4300}
+.flag.cb{background:#ffecb3;color:#6d4c00} .flag.ok{background:#e3f2e6;color:#1b5e20}
+dl.legend{font-size:12px;color:#555;display:flex;flex-wrap:wrap;gap:2px 14px;margin:4px 0}
+dl.legend dt{margin:0} dl.legend dd{margin:0 0 0 4px}
+ul.why{font-size:12.5px;margin:4px 0}
 ul.verdicts li{margin:5px 0} .warn{color:#a15c00} .bad{color:#b00020;font-weight:600}
 img{max-width:100%;border:1px solid #eee;margin:6px 0} pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}
 details{margin:8px 0} .muted{color:#777}
@@ -48,7 +58,8 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]], row_classes: Op
         cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
         cells = "".join(f"<td{align(j)}>{_e(c)}</td>" for j, c in enumerate(row))
         body.append(f"<tr{cls}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    # Secondary tables may be wider than the page (intervals, many runs): they scroll sideways on their own.
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def _img(path: str) -> str:
@@ -68,23 +79,114 @@ def _levels(summary: RunSummary) -> list[LevelSummary]:
     return sorted(summary.levels, key=lambda lv: (not lv.open_loop, lv.value, lv.level))
 
 
+#: The per-level table's short flags: (flag, CSS class, meaning), in the order a row shows them.
+FLAGS = (
+    ("★ point", "point", "the saturation point: the highest level that passed"),
+    ("SAT", "sat", "saturated: at or past the first level that failed the saturation rule"),
+    ("SLO", "slo", "missed a latency objective (or errors) without saturating"),
+    ("CB", "cb", "client-bound: loadgen itself may have limited the level"),
+    ("EARLY", "", "stopped early (queue growing or run budget)"),
+    ("STOP", "", "interrupted by the user"),
+    ("SHORT", "", "too short to judge"),
+    ("LEDGER", "sat", "the request ledger does not close"),
+    ("ok", "ok", "passed every rule"),
+)
+_FLAG_CLASS = {flag: cls for flag, cls, _ in FLAGS}
+
+
+def level_flags(summary: RunSummary, lv: LevelSummary) -> list[str]:
+    """A level's short flags (see ``FLAGS``), most important first; ['ok'] when none applies."""
+    flags = []
+    if summary.saturation.reached and summary.saturation.level == lv.level:
+        flags.append("★ point")
+    if lv.stopped_early == "interrupted":
+        flags.append("STOP")
+    elif not lv.judged:
+        flags.append("SHORT")
+    elif summary.saturated(lv):
+        flags.append("SAT")
+    elif not lv.slo_met or lv.failures:
+        flags.append("SLO")
+    if lv.stopped_early and lv.stopped_early != "interrupted":
+        flags.append("EARLY")
+    if lv.client_bound:
+        flags.append("CB")
+    if not lv.ledger.closes:
+        flags.append("LEDGER")
+    return flags or ["ok"]
+
+
+#: Columns of the per-level table: (group, sub-header); a group spans its run of columns, None stands alone.
+LEVEL_COLUMNS = (
+    (None, "level"), (None, "load"), (None, "achieved req/s"), (None, "output tok/s"),
+    ("TTFT ms", "p50"), ("TTFT ms", "p90"), ("TTFT ms", "p99"), ("TPOT ms", "p50"), ("TPOT ms", "p99"),
+    ("ITL ms", "p50"), ("ITL ms", "p99"), ("E2E ms", "p50"), ("E2E ms", "p99"), (None, "E2E/token p50 ms"),
+    (None, "errors"), (None, "peak in flight"), (None, "goodput req/s"), (None, "SLO attain."), (None, "flags"),
+)
+
+
 def level_rows(summary: RunSummary) -> tuple[list[str], list[list[str]], list[str]]:
-    """Header, rows and row classes of the main per-level table."""
-    header = ["level", "load", "achieved req/s", "output tok/s", "TTFT p50 ms", "TTFT p90 ms", "TTFT p99 ms",
-              "TPOT p50 ms", "TPOT p99 ms", "ITL p50 ms", "ITL p99 ms", "E2E p50 ms", "E2E p99 ms",
-              "E2E/token p50 ms", "errors", "peak in flight", "goodput req/s", "SLO attainment", "verdict"]
+    """Header (one name per column), rows (text cells; the last holds the flags, comma-separated) and row classes."""
+    header = [sub if group is None else f"{group.split()[0]} {sub} {group.split()[1]}" for group, sub in LEVEL_COLUMNS]
     rows, classes = [], []
     for lv in _levels(summary):
         m = lv.metrics
-        verdict = "; ".join(lv.failures) or "passed"
-        if summary.saturation.reached and summary.saturation.level == lv.level:
-            verdict = "saturation point — " + verdict
         rows.append([str(lv.level), load_words(lv), num(m.achieved_rps), num(m.output_tok_s), num(m.ttft.p50),
                      num(m.ttft.p90), num(m.ttft.p99), num(m.tpot.p50), num(m.tpot.p99), num(m.itl.p50),
                      num(m.itl.p99), num(m.e2e.p50), num(m.e2e.p99), num(m.normalized.p50), pct(m.error_rate),
-                     str(m.peak_in_flight), num(m.goodput_rps), pct(m.attainment), verdict])
+                     str(m.peak_in_flight), num(m.goodput_rps), pct(m.attainment), ", ".join(level_flags(summary, lv))])
         classes.append("sat" if summary.saturated(lv) else "cb" if lv.client_bound else "")
     return header, rows, classes
+
+
+def _grouped_head(columns: Sequence[tuple[Optional[str], str]]) -> str:
+    """A two-row <thead>: groups span their sub-columns (p50, p99 under 'TTFT ms'); lone columns span both rows."""
+    top, bottom = [], []
+    j = 0
+    while j < len(columns):
+        group, sub = columns[j]
+        cls = ' class="l"' if j in (0, len(columns) - 1) else ""
+        if group is None:
+            top.append(f'<th rowspan="2"{cls}>{_e(sub)}</th>')
+            j += 1
+            continue
+        span = 1
+        while j + span < len(columns) and columns[j + span][0] == group:
+            span += 1
+        top.append(f'<th class="g" colspan="{span}">{_e(group)}</th>')
+        bottom += [f'<th class="u">{_e(columns[k][1])}</th>' for k in range(j, j + span)]
+        j += span
+    return f"<thead><tr>{''.join(top)}</tr><tr>{''.join(bottom)}</tr></thead>"
+
+
+def _flag_html(flags: str, why: str) -> str:
+    """The flags as small badges; the level's failures in words as their tooltip."""
+    title = f' title="{_e(why)}"' if why else ""
+    return "".join(f'<span class="flag {_FLAG_CLASS.get(f, "")}"{title}>{_e(f)}</span>' for f in flags.split(", "))
+
+
+LEFT = ' class="l"'
+
+
+def _level_table(summary: RunSummary) -> str:
+    """The per-level table (sticky two-row header, short flags), its legend and why each failing level failed."""
+    _, rows, classes = level_rows(summary)
+    levels = _levels(summary)
+    body = []
+    for row, cls, lv in zip(rows, classes, levels):
+        cells = "".join(f"<td{LEFT if j == 0 else ''}>{_e(c)}</td>" for j, c in enumerate(row[:-1]))
+        flags = _flag_html(row[-1], "; ".join(lv.failures))
+        tr = f'<tr class="{cls}">' if cls else "<tr>"
+        body.append(f'{tr}{cells}<td class="l">{flags}</td></tr>')
+    used = {f for row in rows for f in row[-1].split(", ")}
+    legend = "".join(f'<dt><span class="flag {cls}">{_e(flag)}</span></dt><dd>{_e(meaning)}</dd>'
+                     for flag, cls, meaning in FLAGS if flag in used)
+    why = [f"<li>level {lv.level}: {_e('; '.join(lv.failures))}</li>" for lv in levels if lv.failures]
+    return (
+        f'<table class="levels">{_grouped_head(LEVEL_COLUMNS)}<tbody>{"".join(body)}</tbody></table>'
+        f'<dl class="legend">{legend}</dl>'
+        + (f'<p class="muted">Why levels failed:</p><ul class="why">{"".join(why)}</ul>' if why else "")
+    )
 
 
 def _omission_table(summary: RunSummary) -> str:
@@ -157,7 +259,6 @@ def _info(summary: RunSummary) -> str:
 
 def render_html(summary: RunSummary, plots: Sequence[str]) -> str:
     """The run's report page as a string."""
-    header, rows, classes = level_rows(summary)
     bound = [f"<li>level {lv.level}: {_e(', '.join(lv.client_bound_reasons))}</li>" for lv in summary.levels if lv.client_bound]
     body = [
         f"<h1>loadgen report — {_e(summary.run_id)}</h1>",
@@ -170,9 +271,10 @@ def render_html(summary: RunSummary, plots: Sequence[str]) -> str:
     notes = summary.notes + [f"level {lv.level}: {n}" for lv in summary.levels for n in lv.notes]
     if notes:
         body.append("<ul>" + "".join(f'<li class="warn">{_e(n)}</li>' for n in notes) + "</ul>")
-    body.append("<h2>Per level</h2>" + _table(header, rows, classes))
+    body.append('<h2 id="levels">Per level</h2>' + _level_table(summary))
     body.append('<p class="muted">Red rows: at or past the first level that failed the saturation rule. '
-                "Yellow rows: client-bound (loadgen itself may have limited the level).</p>")
+                "Yellow rows: client-bound (loadgen itself may have limited the level). Hover a flag for the "
+                "level's failures in words.</p>")
     body += [_img(p) for p in plots]
     body.append(_omission_table(summary))
     body.append(_interval_table(summary))
@@ -210,7 +312,7 @@ def render_comparison_html(comparison: Comparison, summaries: Sequence[RunSummar
     for label, s in zip(comparison.runs, summaries):
         body.append(f"<h2>{_e(label)}</h2><p class=\"sub\">{_e(_info(s))}</p><ul class=\"verdicts\">"
                     + "".join(f"<li>{_e(v)}</li>" for v in verdicts(s)) + "</ul>")
-    body.append("<h2>Side by side</h2>" + _table(header, rows, classes))
+    body.append('<h2 id="side-by-side">Side by side</h2>' + _table(header, rows, classes))
     if comparison.notes:
         body.append("<ul>" + "".join(f'<li class="warn">{_e(n)}</li>' for n in comparison.notes) + "</ul>")
     body += [_img(p) for p in plots]

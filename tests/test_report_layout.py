@@ -1,0 +1,44 @@
+"""report.html's per-level table fits a page: two-row sticky header, short flags with a legend, failures listed below."""
+
+from __future__ import annotations
+
+import re
+
+from loadgen.analysis import analyze_run
+from loadgen.report.html import FLAGS, level_flags, render_html
+from test_report import make_run
+
+
+def _levels_table(page: str) -> str:
+    start = page.index('<table class="levels">')
+    return page[start : page.index("</table>", start)]
+
+
+def test_level_table_has_short_flags_legend_and_sticky_header(tmp_path):
+    run_dir = str(tmp_path / "run")
+    make_run(run_dir)
+    summary = analyze_run(run_dir)
+    page = render_html(summary, [])
+    table = _levels_table(page)
+
+    # The header is sticky and groups percentiles under their metric (TTFT ms: p50 p90 p99).
+    assert re.search(r"thead\{[^}]*position:sticky", page)
+    assert '<th class="g" colspan="3">TTFT ms</th>' in table and table.count("<tr>") >= 2
+
+    # Level 2 (400 ms TTFT against a 100 ms SLO) is saturated: a short flag, with its reason as tooltip and below.
+    flags = {lv.level: level_flags(summary, lv) for lv in summary.levels}
+    assert "SAT" in flags[2] and "★ point" in flags[1]
+    known = {flag for flag, _, _ in FLAGS}
+    assert all(set(f) <= known for f in flags.values())
+    failing = next(lv for lv in summary.levels if lv.level == 2)
+    reason = failing.failures[0]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", table)
+    assert all(len(re.sub(r"<[^>]+>", "", c)) <= 40 for c in cells), "a cell holds a sentence"
+    assert f'title="{reason}' in table.replace("&gt;", ">")  # the tooltip
+    why = page[page.index("Why levels failed") :]
+    assert "level 2: " in why and reason.split(" > ")[0] in why.replace("&gt;", ">")
+
+    # The legend explains exactly the flags used.
+    legend = page[page.index('<dl class="legend">') : page.index("</dl>")]
+    used = {f for fs in flags.values() for f in fs}
+    assert {m for f, _, m in FLAGS if f in used} == {m for _, _, m in FLAGS if m in legend}
