@@ -165,3 +165,35 @@ def test_scan_chunks_matches_a_per_request_loop(weighted: bool) -> None:
         Sample(scan.itl_ns, scan.itl_weights).quantiles(QS),
         reference_quantiles(gaps, QS, weights if weighted else None),
     )
+
+
+def test_scan_chunks_keeps_gaps_too_long_for_int32() -> None:
+    """A 3-second stall in a later Arrow chunk turns the level's gaps int64, the earlier ones kept exactly."""
+    rows = [[0, 5_000_000, 9_000_000], [100, 200], [1_000, 3_000_001_000, 3_000_002_000]]
+    column = pa.chunked_array([pa.array(rows[:2], pa.list_(pa.int64())), pa.array(rows[2:], pa.list_(pa.int64()))])
+    select = np.ones(3, dtype=bool)
+    lengths = np.array([3, 2, 3])
+    scan = scan_chunks(column, select, lengths, Window(0, 1))
+    assert scan.itl_ns.dtype == np.int64
+    assert scan.itl_ns.tolist() == [5_000_000, 4_000_000, 100, 3_000_000_000, 1_000]
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32])
+def test_owned_sample_sorts_in_place_with_the_same_results(dtype: type) -> None:
+    rng = np.random.default_rng(12)
+    values = durations(rng, 50_001, dtype)
+    plain = Sample(values.copy())
+    mine = values.copy()
+    owned = Sample(mine, owned=True)
+    assert owned.mean == plain.mean == float(np.mean(values.astype(np.int64)))
+    assert np.array_equal(owned.quantiles(QS), plain.quantiles(QS))
+    assert np.array_equal(owned.quantiles(QS), reference_quantiles(values, QS))
+    if dtype is np.int32:
+        assert np.array_equal(mine, np.sort(values))  # reordered where it was: no copy
+
+
+def test_narrowed_and_wide_gaps_give_the_same_mean_and_percentiles() -> None:
+    values = durations(np.random.default_rng(13), 77_777)
+    wide, narrow = Sample(values), Sample(values.astype(np.int32))
+    assert wide.mean == narrow.mean
+    assert np.array_equal(wide.quantiles(QS), narrow.quantiles(QS))

@@ -53,13 +53,14 @@ class Sample:
     times, extended to fractional weights.
     """
 
-    def __init__(self, values: np.ndarray, weights: Optional[np.ndarray] = None) -> None:
+    def __init__(self, values: np.ndarray, weights: Optional[np.ndarray] = None, owned: bool = False) -> None:
+        """``owned``: the caller no longer needs ``values`` in their order, so they may be sorted in place."""
         self.size = int(values.size)
         # Weighted (ITL): the effective sample size sets the width of the confidence intervals.
         self.effective_size = effective_count(weights, self.size)
         self.mean = float(np.average(values, weights=weights)) if self.size else float("nan")
         if weights is None:
-            self.sorted = np.sort(_narrow(values))
+            self.sorted = _sorted(values, owned)
             self.cum: Optional[np.ndarray] = None
         else:
             self.sorted, order = _stable_sort(values)
@@ -134,6 +135,19 @@ def _narrow(values: np.ndarray) -> np.ndarray:
     if values.dtype == np.int64 and values.size and values.max() < 2**31 and values.min() >= -(2**31):
         return values.astype(np.int32)
     return values
+
+
+def _sorted(values: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """``np.sort(values)``, narrowed to int32 when the values fit; at most one copy (none when ``in_place``).
+
+    A level's ITL gaps are the largest array the analysis holds; sorting them
+    where they are keeps a second copy out of the peak memory.
+    """
+    narrow = _narrow(values)
+    if narrow is values and not in_place:
+        return np.sort(values)
+    narrow.sort()  # a copy of its own after narrowing, or the caller's array to reorder
+    return narrow
 
 
 def _stable_sort(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -304,17 +318,16 @@ def scan_chunks(
     server's usage count spread over its chunks; 1 when usage is missing), so
     multi-token chunks weigh as many tokens as they delivered.
     """
-    gaps: list[np.ndarray] = []
+    lengths_all = [pc.fill_null(pc.list_value_length(arr), 0).to_numpy().astype(np.int64) for arr in chunks.chunks]
+    lengths_level = np.concatenate(lengths_all) if lengths_all else np.empty(0, np.int64)
+    gaps = _Gaps(int(np.maximum(lengths_level - 1, 0)[select].sum()))
     gap_weights: list[Optional[np.ndarray]] = []  # None for an Arrow chunk whose gaps all weigh 1
-    lengths_all: list[np.ndarray] = []
     tokens = 0.0
     row = 0
-    for arr in chunks.chunks:
+    for arr, lengths in zip(chunks.chunks, lengths_all):
         n = len(arr)
-        lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy().astype(np.int64)
         sel, out = select[row : row + n], output_tokens[row : row + n]
         row += n
-        lengths_all.append(lengths)
         values = arr.flatten().to_numpy()
         if values.size == 0:
             continue
@@ -324,15 +337,41 @@ def scan_chunks(
         # Every chunk but a request's first closes a gap; keep the gaps of selected requests.
         closes = np.repeat(sel, lengths)
         closes[starts[lengths > 0]] = False
-        # int32 as soon as they fit: a level's gaps are held once, at half the size (Sample narrows them anyway).
-        gaps.append(_narrow(np.diff(values)[closes[1:]]))
+        gaps.append(np.diff(values)[closes[1:]])
         gap_weights.append(_gap_weights(weight, lengths, sel))
     return ChunkScan(
-        itl_ns=np.concatenate(gaps) if gaps else np.empty(0, np.int64),
-        itl_weights=_join_weights(gaps, gap_weights),
-        chunks=np.concatenate(lengths_all) if lengths_all else np.empty(0, np.int64),
+        itl_ns=gaps.array(),
+        itl_weights=_join_weights(gaps.sizes, gap_weights),
+        chunks=lengths_level,
         tokens_in_window=tokens,
     )
+
+
+class _Gaps:
+    """A level's ITL gaps, appended Arrow chunk by Arrow chunk into one array allocated up front.
+
+    int32 while every gap fits (exact, half the memory, twice as fast to sort),
+    int64 from the first one that does not; no per-chunk lists to concatenate,
+    so the level's gaps are held once.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.data = np.empty(total, np.int32)
+        self.used = 0
+        self.sizes: list[int] = []  # gaps appended per Arrow chunk (for the weights)
+
+    def append(self, gaps: np.ndarray) -> None:
+        """Add one Arrow chunk's gaps (int64 ns)."""
+        narrow = _narrow(gaps)
+        if narrow.dtype != np.int32 and self.data.dtype == np.int32:
+            self.data = self.data.astype(np.int64)
+        self.data[self.used : self.used + gaps.size] = narrow
+        self.used += gaps.size
+        self.sizes.append(gaps.size)
+
+    def array(self) -> np.ndarray:
+        """The gaps appended so far, in request order."""
+        return self.data[: self.used]
 
 
 def _gap_weights(weight: np.ndarray, lengths: np.ndarray, select: np.ndarray) -> Optional[np.ndarray]:
@@ -347,11 +386,14 @@ def _gap_weights(weight: np.ndarray, lengths: np.ndarray, select: np.ndarray) ->
     return np.repeat(weight[select], per_row[select])
 
 
-def _join_weights(gaps: list[np.ndarray], weights: list[Optional[np.ndarray]]) -> Optional[np.ndarray]:
-    """The per-gap weights of all Arrow chunks as one array (ones where a chunk had None); None if all were None."""
+def _join_weights(sizes: list[int], weights: list[Optional[np.ndarray]]) -> Optional[np.ndarray]:
+    """The per-gap weights of all Arrow chunks (``sizes`` gaps each) as one array, ones where a chunk had None.
+
+    None when every chunk had None (all weights 1: the unweighted sample).
+    """
     if all(w is None for w in weights):
         return None
-    return np.concatenate([np.ones(g.size) if w is None else w for g, w in zip(gaps, weights)])
+    return np.concatenate([np.ones(n) if w is None else w for n, w in zip(sizes, weights)])
 
 
 def _tokens_in_window(
@@ -466,7 +508,7 @@ def level_metrics(
     ttft = Sample(dist(times.ttft()))
     e2e = Sample(dist(times.e2e()))
     tpot = Sample(dist(times.tpot()))
-    itl = Sample(chunk_scan.itl_ns, chunk_scan.itl_weights)
+    itl = Sample(chunk_scan.itl_ns, chunk_scan.itl_weights, owned=True)  # the gaps' order is not needed again
     status = table.column("status").filter(pa.array(in_window & ~times.ok))
     errors = {str(c["values"]): int(c["counts"]) for c in pc.value_counts(status).to_pylist()}
 
