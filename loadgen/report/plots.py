@@ -28,6 +28,8 @@ from loadgen.config import ClusterConfig
 from loadgen.report.verdicts import load_words, num
 from loadgen.rundir import iter_level_tables, read_meta, read_server_metrics, read_telemetry, run_records_root
 
+#: The ring around client-bound levels' points.
+CLIENT_BOUND = "#ff8f00"
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 DPI = 110
 #: Server series shown on the timeline, by their canonical names (loadgen.scrape maps each engine's).
@@ -98,10 +100,7 @@ def saturation_figure(summaries: Sequence[RunSummary], path: str, title: Optiona
             ax.plot(achieved, _arr([getattr(lv.metrics, metric).p50 for lv in levels]), "s--", color=color,
                     alpha=0.75, markersize=4, label=pre + "p50")
             if single:
-                for lv, x, y in zip(levels, achieved, p99):
-                    if np.isfinite(y):
-                        ax.annotate(f"{lv.load:g}", (x, y), textcoords="offset points", xytext=(5, 4),
-                                    fontsize=7, color="#555")
+                _point_labels(ax, levels, achieved, p99)
             if single and open_loop and metric in ("ttft", "e2e"):
                 queued = _arr([getattr(lv.metrics, "queued_" + metric).p99 for lv in levels])
                 ax.plot(achieved, queued, "^:", color="gray", markersize=4,
@@ -120,6 +119,8 @@ def saturation_figure(summaries: Sequence[RunSummary], path: str, title: Optiona
             _mark(a_tok, lv.load, lv.metrics.output_tok_s, kind, color, None)
             _mark(a_l1, lv.metrics.achieved_rps, getattr(lv.metrics, l1).p99, kind, color, None)
             _mark(a_l2, lv.metrics.achieved_rps, getattr(lv.metrics, l2).p99, kind, color, None)
+        _client_bound(levels, (a_tp, a_tok, a_l1, a_l2), (l1, l2), "client-bound level" if single else f"{label}: client-bound")
+        _capacity_line(a_tp, s, color, None if single else label)
     if open_loop and max_load > 0:
         a_tp.plot([0, max_load], [0, max_load], ":", color="gray", label="achieved = offered")
     _slo_line(a_l1, getattr(base.slo, f"{l1}_ms", None), names[l1])
@@ -132,17 +133,81 @@ def saturation_figure(summaries: Sequence[RunSummary], path: str, title: Optiona
              ylabel=f"{names[l2]} (ms{' per token' if l2 == 'normalized' else ''})")
     for ax in (a_l1, a_l2):
         _latency_scale(ax)
+    log_x = _log_load_axis(summaries, open_loop)
     for ax in (a_tp, a_tok, a_l1, a_l2):
         ax.grid(True, alpha=0.3)
-        ax.set_xlim(left=0)
+        if log_x and ax in (a_tp, a_tok):
+            # Concurrency sweeps double (1, 2, 4 … 256): on a linear axis the low levels pile up at 0.
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        else:
+            ax.set_xlim(left=0)
         if ax in (a_tp, a_tok) or ax.get_yscale() == "linear":
             ax.set_ylim(bottom=0)
         if ax.has_data():
             ax.legend(fontsize=8, loc="best")
-    fig.suptitle(title or f"Saturation curve — {_describe(base)}", fontsize=13)
+    fig.suptitle(_wrap(title or f"Saturation curve — {_describe(base)}"), fontsize=13)
     fig.text(0.01, 0.0, _rules_caption(base), fontsize=8, color="#444", va="bottom", wrap=True)
     fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
     return _save(fig, path)
+
+
+def _point_labels(ax: Axes, levels: Sequence[LevelSummary], xs: np.ndarray, ys: np.ndarray) -> None:
+    """Label each p99 point with its load, above-left of the point on a white box so lines do not cross the text.
+
+    Labels closer than ~4 % of the x range to the previous one are skipped: on flat
+    panels (TPOT) neighbouring levels would otherwise print over each other.
+    """
+    finite = xs[np.isfinite(xs)]
+    span = float(np.ptp(finite)) if finite.size else 0.0
+    last = None
+    for lv, x, y in zip(levels, xs, ys):
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        if last is not None and span and abs(x - last) < 0.04 * span:
+            continue
+        last = x
+        ax.annotate(num(lv.load), (x, y), textcoords="offset points", xytext=(-4, 9), ha="right", fontsize=7,
+                    color="#444", bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8}, zorder=7)
+
+
+def _client_bound(levels: Sequence[LevelSummary], axes: Sequence[Axes], latency: tuple[str, str], label: str) -> None:
+    """Ring the client-bound levels' points in orange on every panel (one legend entry, on the first panel)."""
+    bound = [lv for lv in levels if lv.client_bound]
+    if not bound:
+        return
+    load = _arr([lv.load for lv in bound])
+    achieved = _arr([lv.metrics.achieved_rps for lv in bound])
+    points = (
+        (load, achieved), (load, _arr([lv.metrics.output_tok_s for lv in bound])),
+        (achieved, _arr([getattr(lv.metrics, latency[0]).p99 for lv in bound])),
+        (achieved, _arr([getattr(lv.metrics, latency[1]).p99 for lv in bound])),
+    )
+    for i, (ax, (x, y)) in enumerate(zip(axes, points)):
+        ax.scatter(x, y, s=260, facecolor="none", edgecolor=CLIENT_BOUND, linewidth=2.0, zorder=4,
+                   label=label + " (loadgen may have limited it)" if i == 0 else None)
+
+
+def _capacity_line(ax: Axes, summary: RunSummary, color: str, run: Optional[str]) -> None:
+    """The goodput capacity as a horizontal line on the throughput panel, its bracket as a band."""
+    cap = summary.goodput_capacity
+    if cap.rate is None:
+        return
+    sign = "≥ " if cap.at_least else ""
+    text = f"goodput capacity {sign}{num(cap.rate)} req/s (≥ {cap.attainment:.0%} within SLO)"
+    ax.axhline(cap.rate, color=color, linestyle=(0, (1, 1.5)), linewidth=1.6, alpha=0.9,
+               label=f"{run}: {text}" if run else text)
+    if not cap.at_least and cap.lower_rate is not None and cap.upper_rate is not None:
+        lo, hi = sorted((cap.lower_rate, cap.upper_rate))
+        ax.axhspan(lo, hi, color=color, alpha=0.08, zorder=0)
+
+
+def _log_load_axis(summaries: Sequence[RunSummary], open_loop: bool) -> bool:
+    """A log x axis for concurrency sweeps whose levels span more than 8× (1, 4, 16, 64 …)."""
+    if open_loop:
+        return False
+    loads = [lv.load for s in summaries for lv in s.levels if not lv.open_loop and lv.load > 0]
+    return bool(loads) and max(loads) / min(loads) > 8
 
 
 def _latency_scale(ax: Axes) -> None:
@@ -153,6 +218,14 @@ def _latency_scale(ax: Axes) -> None:
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
+def _wrap(title: str, width: int = 120) -> str:
+    """A figure title on at most two lines of ``width`` characters (the rest cut with '…'), never past the edges."""
+    lines = textwrap.wrap(title, width)
+    if len(lines) > 2:
+        lines = [lines[0], lines[1][: width - 1] + "…"]
+    return "\n".join(lines)
 
 
 def _describe(summary: RunSummary) -> str:
@@ -196,8 +269,9 @@ def latency_distribution_figure(summary: RunSummary, path: str) -> Optional[str]
         _latency_scale(ax)
         ax.grid(True, alpha=0.3, which="both")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize=8, title="load level")
-    fig.suptitle(f"Latency distributions — {_describe(summary)}", fontsize=13)
+    # Below the panels, never beside the title (long run names made the two collide).
+    fig.legend(handles, labels, loc="outside lower center", fontsize=8, title="load level", ncol=min(len(labels), 4) or 1)
+    fig.suptitle(_wrap(f"Latency distributions — {_describe(summary)}"), fontsize=13)
     return _save(fig, path)
 
 
