@@ -36,9 +36,10 @@ _STREAM = (
 class CountingServer:
     """Accepts on a tiny backlog, remembers when (epoch ns) it accepted each connection, streams two tokens."""
 
-    def __init__(self) -> None:
+    def __init__(self, tail_later: bool = False) -> None:
         self.accepted_ns: list[int] = []
         self.requests = 0
+        self.tail_later = tail_later  # end the chunked body in a later write, after [DONE] (aiohttp does)
 
     async def start(self) -> str:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -69,7 +70,11 @@ class _Conn(asyncio.Protocol):
             return
         self.buf = b""
         self.server.requests += 1
-        self.transport.write(_STREAM)
+        if not self.server.tail_later:
+            self.transport.write(_STREAM)
+            return
+        self.transport.write(_STREAM[: -len(b"0\r\n\r\n")])
+        asyncio.get_running_loop().call_later(0.002, self.transport.write, b"0\r\n\r\n")
 
 
 def _shard(n: int) -> pa.Table:
@@ -78,9 +83,11 @@ def _shard(n: int) -> pa.Table:
     return table.append_column("scheduled_s", pa.nulls(n, pa.float64()))
 
 
-async def _closed_level(tmp_path, streams: int, rate: float) -> tuple[CountingServer, int, pa.Table, tuple]:
+async def _closed_level(
+    tmp_path, streams: int, rate: float, tail_later: bool = False
+) -> tuple[CountingServer, int, pa.Table, tuple]:
     """One closed-loop level of ``streams`` streams; (server, connections open at t0, records, the warm-up's result)."""
-    server = CountingServer()
+    server = CountingServer(tail_later)
     base = await server.start()
     cluster = ClusterConfig(flush_interval_s=0.2, connect_rate_per_worker=rate)
     core = WorkerCore(0, "run", "node", TargetSpec(base, "m", TargetConfig(kind="openai", url=base)), cluster, str(tmp_path))
@@ -108,6 +115,15 @@ def test_a_level_opens_its_connections_before_t0_and_its_requests_carry_no_conne
     assert len(server.accepted_ns) == 6  # and the level opened none of its own
     assert recs.num_rows >= 6 and set(recs.column("status").to_pylist()) == {"ok"}
     assert recs.column("connect_ms").null_count == recs.num_rows
+    assert connect_notes(recs) == []
+
+
+def test_a_stream_waits_for_its_last_response_to_end_rather_than_open_a_connection(tmp_path):
+    # [DONE] ends the request, the chunked body's end comes 2 ms later: the stream's next
+    # request must reuse that connection, not open one during the level.
+    server, before_t0, recs, _ = asyncio.run(_closed_level(tmp_path, streams=4, rate=200.0, tail_later=True))
+    assert before_t0 == 4 and len(server.accepted_ns) == 4
+    assert recs.num_rows >= 8 and set(recs.column("status").to_pylist()) == {"ok"}
     assert connect_notes(recs) == []
 
 

@@ -110,6 +110,7 @@ class Exchange:
         self.connect_start_ns: Optional[int] = None  # when that connect began
         self.keep_alive = False
         self.message_complete = False
+        self.tail: Optional[asyncio.Future] = None  # the request is done, its response's last bytes are due
         self.interim = False  # parsing a 1xx interim response
 
     # httptools callbacks ---------------------------------------------------------
@@ -142,6 +143,8 @@ class Exchange:
         self.message_complete = True
         self.on_end()
         self.finish()
+        if self.tail is not None:
+            _settle(self.tail)
 
     # hooks ---------------------------------------------------------------------
     def on_response(self) -> None:
@@ -338,6 +341,8 @@ class _Connection:
         ex = self.exchange
         self.exchange = None
         self._close()
+        if ex is not None and ex.tail is not None:
+            _settle(ex.tail)  # no more bytes will come
         if ex is None or ex.future.done() and ex.message_complete:
             return
         if exc is None and ex.status and ex.eof_delimited:
@@ -479,6 +484,26 @@ class ConnectionPool:
                 timer.cancel()
             if conn.exchange is exchange and exchange.eof_delimited:
                 conn.abort()  # done before the body's end, which only the server's close would mark (HTTP/1.0)
+            elif conn.exchange is exchange and not conn.closed:
+                exchange.tail = loop.create_future()  # set when the response's last bytes are read
+
+    @staticmethod
+    async def settle(exchange: Exchange) -> None:
+        """After a request is done and recorded, wait up to ``_TAIL_WAIT_S`` for its response's last bytes.
+
+        Servers end the chunked body after ``[DONE]``, sometimes in a later write;
+        until then the connection is busy. Waiting for them (as an HTTP client that
+        reads its response to the end does) lets the caller's next request reuse the
+        connection instead of opening another one during the level.
+        """
+        tail = exchange.tail
+        if tail is None or tail.done():
+            return
+        handle = asyncio.get_running_loop().call_later(_TAIL_WAIT_S, _settle, tail)
+        try:
+            await tail
+        finally:
+            handle.cancel()
 
     def _idle_connection(self) -> Optional[_Connection]:
         """An open idle connection (the most recently used: the least likely to have been closed), or None."""
@@ -608,6 +633,15 @@ class ConnectionPool:
 
 
 Resolver = Callable[[str, int], Awaitable[list]]
+#: How long a finished request waits for its response's last bytes (``ConnectionPool.settle``).
+_TAIL_WAIT_S = 0.05
+
+
+def _settle(future: asyncio.Future) -> None:
+    """Set ``future``'s result unless it is done."""
+    if not future.done():
+        future.set_result(None)
+
 _HAPPY_EYEBALLS_DELAY_S = 0.25  # RFC 8305's recommended "connection attempt delay"
 
 

@@ -492,6 +492,8 @@ async def _attempts(
         finally:  # the last attempt's own connect, if it opened one (cancellation included)
             rec["connect_ms"] = response.connect_ms
         break
+    if response is not None and rec.get("status") == "ok":
+        await pool.settle(response)  # recorded already; the connection is free once its last bytes are read
     return response.headers if response is not None and response.status else None
 
 

@@ -265,11 +265,12 @@ class WorkerCore:
             else:
                 await self._execute(st, k, rec)
         except asyncio.CancelledError:
-            rec["status"] = "cancelled"
-            rec["error"] = "cancelled when the level ended or the run was stopped"
-            if rec.get("sent_ns") is None:
-                rec["sent_ns"] = self.now()
-            rec["end_ns"] = self.now()
+            if rec.get("status") is None:  # not a request cancelled after it ended (while its connection settled)
+                rec["status"] = "cancelled"
+                rec["error"] = "cancelled when the level ended or the run was stopped"
+                if rec.get("sent_ns") is None:
+                    rec["sent_ns"] = self.now()
+                rec["end_ns"] = self.now()
         finally:
             self.in_flight -= 1
         rec["loop_lag_ms"] = max(lag_at_send, self.lag_ms)
