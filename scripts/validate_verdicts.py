@@ -310,7 +310,7 @@ def level_row(summary: Any, lv: Any, capacity: float) -> dict[str, Any]:
     }
 
 
-def judge(out: Outcome, summary: Any, case: Case) -> None:
+def judge(out: Outcome, case: Case) -> None:
     """Input: an outcome with its figures filled in. Output: none; ``out.failures`` lists every criterion missed."""
     t = out.truth_rps
     # A right verdict can only land within 15 % of T when a level was measured near it (below T).
@@ -363,7 +363,7 @@ def outcome_of(summary: Any, case: Case, capacity: float, derivation: str) -> Ou
         out.levels.append(level_row(summary, lv, capacity))
         if lv.load < LOW_FRACTION * capacity and called_saturated(summary, lv):
             out.low_saturated.append(f"L{lv.level} ({lv.load / capacity:.2f}×)")
-    judge(out, summary, case)
+    judge(out, case)
     return out
 
 
