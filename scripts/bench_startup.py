@@ -151,9 +151,10 @@ class Tracker:
             st = stats.get(pid)
             if st and (pid == self.root or st[19] == start) and st[0] != "Z":
                 self.cpu[pid] = (int(st[11]) + int(st[12])) / TICK
-                if pid != self.root:
+                label_now = kind(pid) if pid != self.root else "?"
+                if label_now != "?":
                     # Re-read: a process forked by the raylet shows the raylet's command line until it execs.
-                    self.known[pid] = (kind(pid), start)
+                    self.known[pid] = (label_now, start)
 
     def alive(self) -> list[int]:
         out = []
