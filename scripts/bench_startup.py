@@ -147,7 +147,7 @@ class Tracker:
                 if pid not in self.known and (int(st[1]) in self.known or int(st[3]) == self.root):
                     self.known[pid] = (kind(pid), st[19])
                     changed = True
-        for pid, (label, start) in list(self.known.items()):
+        for pid, (_label, start) in list(self.known.items()):
             st = stats.get(pid)
             if st and (pid == self.root or st[19] == start) and st[0] != "Z":
                 self.cpu[pid] = (int(st[11]) + int(st[12])) / TICK
@@ -253,7 +253,7 @@ def main() -> None:
                 break
             except OSError:
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("fast_sse_server.py did not start")
+                    raise SystemExit("fast_sse_server.py did not start") from None
                 time.sleep(0.1)
         url = f"http://127.0.0.1:{port}/v1"
         print(f"driver imports alone (python -c 'import loadgen.cli, loadgen.runner'): {import_cpu_s():.2f} CPU-s")
