@@ -265,6 +265,7 @@ class LoadgenConfig:
     slo: SLOConfig = field(default_factory=SLOConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     run_id: Optional[str] = None  # default: derived from the start time
+    label: Optional[str] = None  # short name in comparisons, plots and reports (default: the overrides that differ between compared runs, or the run directory's name)
     progress: bool = True  # live progress line per level
     max_run_s: float = 3600.0  # hard bound on the whole run's wall time
 

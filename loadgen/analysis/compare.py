@@ -10,10 +10,10 @@ in ``docs/metrics.md`` ("Comparison").
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
+from loadgen.analysis import labels
 from loadgen.analysis.confidence import (
     DIFFERENT,
     TOO_FEW,
@@ -111,11 +111,8 @@ class Comparison:
 
 
 def run_labels(summaries: Sequence[RunSummary]) -> list[str]:
-    """Distinct short names: each run directory's name, with its parent's when names repeat."""
-    labels = [s.label for s in summaries]
-    if len(set(labels)) == len(labels):
-        return labels
-    return [os.path.join(*os.path.normpath(s.run_dir).split(os.sep)[-2:]) for s in summaries]
+    """Distinct short names: ``label=``, a short directory name, or the overrides that differ (see analysis.labels)."""
+    return labels.run_labels(summaries)
 
 
 def _ratios(values: list[Optional[float]]) -> list[Optional[float]]:

@@ -62,8 +62,8 @@ class RunSummary:
 
     @property
     def label(self) -> str:
-        """A short name for legends and tables: the run directory's name."""
-        return os.path.basename(os.path.normpath(self.run_dir)) or self.run_id
+        """A short name for legends and tables: the run's ``label`` config key, else the run directory's name."""
+        return (self.config or {}).get("label") or os.path.basename(os.path.normpath(self.run_dir)) or self.run_id
 
     def saturated(self, level: LevelSummary) -> bool:
         """Whether a level lies at or past the first level that failed the saturation rule."""

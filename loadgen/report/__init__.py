@@ -77,7 +77,7 @@ def compare_runs(
         for i, run in enumerate(comparison.runs)
     ]
     pq.write_table(pa.Table.from_pylist(rows), os.path.join(out_dir, "comparison.parquet"))
-    render_comparison(comparison, console)
+    render_comparison(comparison, console, run_dirs)
     title = "Saturation curves — " + " vs ".join(comparison.runs)
     plot = saturation_figure(summaries, os.path.join(out_dir, "comparison.png"), title=title)
     write_comparison_html(comparison, summaries, out_dir, [plot])

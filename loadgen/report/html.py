@@ -295,7 +295,7 @@ def render_html(summary: RunSummary, plots: Sequence[str]) -> str:
 def render_comparison_html(comparison: Comparison, summaries: Sequence[RunSummary], plots: Sequence[str]) -> str:
     """The comparison page as a string: runs, verdicts per run, the noise summary, the side-by-side table, the plots."""
     base = comparison.runs[0]
-    header = [f"load ({comparison.load_axis})", "metric", *comparison.runs, *(f"{r} vs {base}" for r in comparison.runs[1:])]
+    header = [f"load ({comparison.load_axis})", "metric", *comparison.runs, *(f"{r} vs base" for r in comparison.runs[1:])]
     rows, classes = [], []
     runs = range(len(comparison.runs))
     for row in comparison.rows:
@@ -307,6 +307,9 @@ def render_comparison_html(comparison: Comparison, summaries: Sequence[RunSummar
             f"Each run vs {_e(base)}: “different” when the intervals do not overlap, else “within noise”; the ratio "
             f"run / {_e(base)} beside it (see docs/metrics.md, “Comparison”). Levels are matched by mode and "
             "configured value.</p>"]
+    # Labels are short (label=, or the overrides that differ): say which directory each stands for.
+    body.append("<ul>" + "".join(f"<li><b>{_e(label)}</b>{' (base)' if i == 0 else ''}: {_e(s.run_dir)}</li>"
+                                 for i, (label, s) in enumerate(zip(comparison.runs, summaries))) + "</ul>")
     if comparison.summary:
         body.append("<ul class=\"verdicts\">" + "".join(f"<li>{_e(line)}</li>" for line in comparison.summary) + "</ul>")
     for label, s in zip(comparison.runs, summaries):

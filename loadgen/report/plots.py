@@ -19,6 +19,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from loadgen.analysis import LevelSummary, RunSummary
@@ -81,24 +82,27 @@ def saturation_figure(summaries: Sequence[RunSummary], path: str, title: Optiona
     labels = run_labels(summaries)
     x_load = "offered load (req/s)" if open_loop else "concurrency (streams)"
     max_load = 0.0
-    for i, (s, label) in enumerate(zip(summaries, labels)):
+    for i, s in enumerate(summaries):
         color = COLORS[i % len(COLORS)]
         levels = _sorted(s)
         if not levels:
             continue
-        pre = "" if single else f"{label}: "
+        # Several runs: the runs' colours get one legend for the figure, each panel's legend shows line styles only.
+        def pre(text: str) -> Optional[str]:
+            return text if single else None
+
         load = _arr([lv.load for lv in levels])
         achieved = _arr([lv.metrics.achieved_rps for lv in levels])
         max_load = max(max_load, float(np.nanmax(load)))
-        a_tp.plot(load, achieved, "o-", color=color, label=pre + "achieved")
+        a_tp.plot(load, achieved, "o-", color=color, label=pre("achieved"))
         a_tp.plot(load, _arr([lv.metrics.goodput_rps for lv in levels]), "x--", color=color, alpha=0.8,
-                  label=pre + "goodput (met every SLO)")
-        a_tok.plot(load, _arr([lv.metrics.output_tok_s for lv in levels]), "o-", color=color, label=pre + "output tok/s")
+                  label=pre("goodput (met every SLO)"))
+        a_tok.plot(load, _arr([lv.metrics.output_tok_s for lv in levels]), "o-", color=color, label=pre("output tok/s"))
         for ax, metric in ((a_l1, l1), (a_l2, l2)):
             p99 = _arr([getattr(lv.metrics, metric).p99 for lv in levels])
-            ax.plot(achieved, p99, "o-", color=color, label=pre + "p99")
+            ax.plot(achieved, p99, "o-", color=color, label=pre("p99"))
             ax.plot(achieved, _arr([getattr(lv.metrics, metric).p50 for lv in levels]), "s--", color=color,
-                    alpha=0.75, markersize=4, label=pre + "p50")
+                    alpha=0.75, markersize=4, label=pre("p50"))
             if single:
                 _point_labels(ax, levels, achieved, p99)
             if single and open_loop and metric in ("ttft", "e2e"):
@@ -114,13 +118,12 @@ def saturation_figure(summaries: Sequence[RunSummary], path: str, title: Optiona
             if lv is None:
                 continue
             name = names_of[kind]
-            mark_label = name if single else f"{label}: {name}"
-            _mark(a_tp, lv.load, lv.metrics.achieved_rps, kind, color, mark_label)
+            _mark(a_tp, lv.load, lv.metrics.achieved_rps, kind, color, pre(name))
             _mark(a_tok, lv.load, lv.metrics.output_tok_s, kind, color, None)
             _mark(a_l1, lv.metrics.achieved_rps, getattr(lv.metrics, l1).p99, kind, color, None)
             _mark(a_l2, lv.metrics.achieved_rps, getattr(lv.metrics, l2).p99, kind, color, None)
-        _client_bound(levels, (a_tp, a_tok, a_l1, a_l2), (l1, l2), "client-bound level" if single else f"{label}: client-bound")
-        _capacity_line(a_tp, s, color, None if single else label)
+        _client_bound(levels, (a_tp, a_tok, a_l1, a_l2), (l1, l2), pre("client-bound level"))
+        _capacity_line(a_tp, s, color, single)
     if open_loop and max_load > 0:
         a_tp.plot([0, max_load], [0, max_load], ":", color="gray", label="achieved = offered")
     _slo_line(a_l1, getattr(base.slo, f"{l1}_ms", None), names[l1])
@@ -144,11 +147,21 @@ def saturation_figure(summaries: Sequence[RunSummary], path: str, title: Optiona
             ax.set_xlim(left=0)
         if ax in (a_tp, a_tok) or ax.get_yscale() == "linear":
             ax.set_ylim(bottom=0)
-        if ax.has_data():
+        if not single:
+            _style_legend(ax, "tp" if ax is a_tp else "tok" if ax is a_tok else "latency", summaries)
+        elif ax.has_data():
             ax.legend(fontsize=8, loc="best")
+    if not single:
+        runs = [Line2D([], [], color=COLORS[i % len(COLORS)], marker="o", linewidth=2.2, label=lab)
+                for i, lab in enumerate(labels)]
+        # Between the panels and the caption, in space kept free below: above the panels it collides
+        # with the title, inside a panel it hides data.
+        fig.legend(handles=runs, loc="lower center", bbox_to_anchor=(0.5, 0.035), ncol=min(len(runs), 3),
+                   fontsize=10, title="runs")
     fig.suptitle(_wrap(title or f"Saturation curve — {_describe(base)}"), fontsize=13)
     fig.text(0.01, 0.0, _rules_caption(base), fontsize=8, color="#444", va="bottom", wrap=True)
-    fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
+    bottom = 0.04 if single else 0.04 + 0.035 * (2 + (len(summaries) - 1) // 3)  # caption, then the runs' legend rows
+    fig.get_layout_engine().set(rect=(0, bottom, 1, 0.96 - bottom + 0.04))
     return _save(fig, path)
 
 
@@ -171,7 +184,7 @@ def _point_labels(ax: Axes, levels: Sequence[LevelSummary], xs: np.ndarray, ys: 
                     color="#444", bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8}, zorder=7)
 
 
-def _client_bound(levels: Sequence[LevelSummary], axes: Sequence[Axes], latency: tuple[str, str], label: str) -> None:
+def _client_bound(levels: Sequence[LevelSummary], axes: Sequence[Axes], latency: tuple[str, str], label: Optional[str]) -> None:
     """Ring the client-bound levels' points in orange on every panel (one legend entry, on the first panel)."""
     bound = [lv for lv in levels if lv.client_bound]
     if not bound:
@@ -185,21 +198,43 @@ def _client_bound(levels: Sequence[LevelSummary], axes: Sequence[Axes], latency:
     )
     for i, (ax, (x, y)) in enumerate(zip(axes, points)):
         ax.scatter(x, y, s=260, facecolor="none", edgecolor=CLIENT_BOUND, linewidth=2.0, zorder=4,
-                   label=label + " (loadgen may have limited it)" if i == 0 else None)
+                   label=label + " (loadgen may have limited it)" if i == 0 and label else None)
 
 
-def _capacity_line(ax: Axes, summary: RunSummary, color: str, run: Optional[str]) -> None:
+def _capacity_line(ax: Axes, summary: RunSummary, color: str, labelled: bool) -> None:
     """The goodput capacity as a horizontal line on the throughput panel, its bracket as a band."""
     cap = summary.goodput_capacity
     if cap.rate is None:
         return
     sign = "≥ " if cap.at_least else ""
     text = f"goodput capacity {sign}{num(cap.rate)} req/s (≥ {cap.attainment:.0%} within SLO)"
-    ax.axhline(cap.rate, color=color, linestyle=(0, (1, 1.5)), linewidth=1.6, alpha=0.9,
-               label=f"{run}: {text}" if run else text)
+    ax.axhline(cap.rate, color=color, linestyle=(0, (1, 1.5)), linewidth=1.6, alpha=0.9, label=text if labelled else None)
     if not cap.at_least and cap.lower_rate is not None and cap.upper_rate is not None:
         lo, hi = sorted((cap.lower_rate, cap.upper_rate))
         ax.axhspan(lo, hi, color=color, alpha=0.08, zorder=0)
+
+
+def _style_legend(ax: Axes, panel: str, summaries: Sequence[RunSummary]) -> None:
+    """A comparison panel's legend (``panel``: tp, tok or latency): what each line style and marker means, in grey."""
+    grey = "#555"
+    first = {"tp": "achieved", "tok": "output tok/s", "latency": "p99"}[panel]
+    items = [Line2D([], [], color=grey, marker="o", label=first)]
+    if panel == "tp":
+        items.append(Line2D([], [], color=grey, marker="x", linestyle="--", label="goodput (met every SLO)"))
+        if any(s.goodput_capacity.rate is not None for s in summaries):
+            items.append(Line2D([], [], color=grey, linestyle=(0, (1, 1.5)), label="goodput capacity"))
+        items.append(Line2D([], [], color=grey, marker="*", markersize=12, markerfacecolor="gold", linestyle="", label="saturation point"))
+        if any(not s.saturation.reached for s in summaries):
+            items.append(Line2D([], [], color=grey, marker="^", markersize=9, markerfacecolor="gold", linestyle="",
+                                label="highest level (did not saturate)"))
+        items.append(Line2D([], [], color=grey, marker="D", markerfacecolor="none", linestyle="", label="knee"))
+    elif panel == "latency":
+        items.append(Line2D([], [], color=grey, marker="s", linestyle="--", markersize=4, label="p50"))
+    if any(lv.client_bound for s in summaries for lv in s.levels):
+        items.append(Line2D([], [], color=CLIENT_BOUND, marker="o", markersize=12, markerfacecolor="none",
+                            linestyle="", markeredgewidth=2, label="client-bound level"))
+    handles, names = ax.get_legend_handles_labels()  # the unlabelled-by-run lines: achieved = offered, SLO
+    ax.legend(handles=items + handles, fontsize=8, loc="best", ncol=1)
 
 
 def _log_load_axis(summaries: Sequence[RunSummary], open_loop: bool) -> bool:

@@ -5,7 +5,8 @@ Input: a ``RunSummary`` or a ``Comparison``. Output: printed to a rich ``Console
 
 from __future__ import annotations
 
-from typing import Optional
+import os
+from typing import Optional, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -99,38 +100,42 @@ def render_terminal(summary: RunSummary, console: Optional[Console] = None) -> N
 
 
 def comparison_table(comparison: Comparison) -> Table:
-    """Every run's value [95 % interval] per common level and metric, and each run's noise verdict vs the first.
+    """Every run's value [95 % interval] per common level and metric; under it, its noise verdict vs the first run.
 
-    The verdict ("different": the intervals do not overlap; else "within
-    noise") is the headline; the ratio run / first run stands beside it.
+    One column per run (2–6 fit a 160-column terminal): the verdict
+    ("different": the intervals do not overlap; else "within noise") with the
+    ratio run / first run sits under each later run's value, dimmed.
     """
     base = comparison.runs[0]
-    title = f"loadgen comparison: values [95 % interval]; each run vs {base}: noise verdict (ratio run / {base})"
+    title = f"loadgen comparison: values [95 % interval]; under each: noise verdict vs {base} (ratio)"
     table = Table(title=title, title_justify="left")
-    table.add_column(f"load ({comparison.load_axis})", justify="right")
-    table.add_column("metric")
-    # Values with their intervals and the verdicts stay on one line each; the metric names wrap instead.
-    for run in comparison.runs:
-        table.add_column(run, justify="right", no_wrap=True)
-    for run in comparison.runs[1:]:
-        table.add_column(f"{run} vs {base}", justify="right", no_wrap=True)
+    table.add_column(f"load\n{comparison.load_axis}", justify="right", no_wrap=True)
+    table.add_column("metric", max_width=22)
+    for i, run in enumerate(comparison.runs):
+        table.add_column(run + (" (base)" if i == 0 else ""), justify="right", min_width=12)
     previous = None
     runs = range(len(comparison.runs))
     for row in comparison.rows:
         load = "verdicts" if row.group == "verdict" else num(row.load)
         if previous is not None and load != previous:
             table.add_section()
-        values = [value_text(row, i) for i in runs]
-        judged = [verdict_text(row, i) for i in runs[1:]]
+        cells = [value_text(row, 0)] + [f"{value_text(row, i)}\n[dim]{verdict_text(row, i)}[/]" for i in runs[1:]]
         style = "bold" if DIFFERENT in row.verdicts else None
-        table.add_row(load if load != previous else "", row.metric, *values, *judged, style=style)
+        table.add_row(load if load != previous else "", row.metric, *cells, style=style)
         previous = load
     return table
 
 
-def render_comparison(comparison: Comparison, console: Optional[Console] = None) -> None:
-    """Print the comparison table, one line per run on how many metrics differ beyond noise, and the notes."""
+def run_key(comparison: Comparison, run_dirs: Sequence[str]) -> list[str]:
+    """One line per run: its label and the directory it stands for (when they differ)."""
+    return [f"{label}: {path}" for label, path in zip(comparison.runs, run_dirs) if os.path.basename(os.path.normpath(path)) != label]
+
+
+def render_comparison(comparison: Comparison, console: Optional[Console] = None, run_dirs: Sequence[str] = ()) -> None:
+    """Print the runs' labels and directories, the comparison table, how many metrics differ per run, the notes."""
     console = console or Console()
+    for line in run_key(comparison, run_dirs):
+        console.print("run " + line, highlight=False, markup=False)
     console.print(comparison_table(comparison))
     for line in comparison.summary:
         console.print("• " + line, highlight=False, markup=False)
