@@ -492,3 +492,18 @@ def test_analyze_run_without_run_json_derives_everything_from_records(tmp_path):
     # No steady window: the span of scheduled times, first to last send.
     assert s.levels[0].metrics.window_s == pytest.approx(0.9, rel=1e-6)
     assert math.isfinite(s.levels[0].metrics.achieved_rps)
+
+
+def test_a_request_late_because_its_connect_was_slow_is_not_loadgens_lag():
+    rows = []
+    for i in range(100):
+        r = rec(i * 10, i * 10 + 45, [i * 10 + 70], i * 10 + 71)  # left 45 ms late ...
+        r["connect_ms"] = 44.5  # ... because the server took 44.5 ms to accept the connection
+        rows.append(r)
+    cluster = ClusterConfig(schedule_lag_warn_ms=10.0, loop_lag_warn_ms=10.0)
+    lv = summarize_level(table(rows), LevelEntry(level=0, mode="rate", value=100.0, offered_rps=100.0), NO_SLO, AnalysisConfig(), cluster)
+    assert not lv.client_bound
+    assert any("connections were opened during the level" in n for n in lv.notes)
+    for r in rows:
+        r["connect_ms"] = None
+    assert summarize_level(table(rows), LevelEntry(level=0, mode="rate", value=100.0), NO_SLO, AnalysisConfig(), cluster).client_bound

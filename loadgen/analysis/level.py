@@ -97,6 +97,7 @@ def client_bound(
     telemetry: Optional[pa.Table],
     rule: ClientBoundRule,
     window: Window,
+    connect_ms: Optional[np.ndarray] = None,
 ) -> tuple[list[int], list[str], list[str]]:
     """Workers whose schedule lag or event-loop lag marks the level client-bound, why, and start-up notes.
 
@@ -105,10 +106,14 @@ def client_bound(
     in it. Stalls while the level started (warm-up: connections opening,
     first writes) do not make it client-bound; when the p99s the workers
     reported for the whole level break the rule but the window does not, that
-    is returned as a note.
+    is returned as a note. A connection opened during the level delays its
+    request by the connect (``connect_ms``: the server's accept backlog, not
+    loadgen's loop), so that time is not counted as loadgen's lag.
     """
     in_window = window.contains(times.scheduled)
     lag, valid = times.schedule_lag()
+    if connect_ms is not None:
+        lag = lag - np.nan_to_num(connect_ms, nan=0.0) * NS_PER_MS
     valid &= in_window
     schedule = [p99_by_worker(times.worker_id[valid], lag[valid] / NS_PER_MS)]
     loop = [p99_by_worker(times.worker_id[in_window], loop_lag_ms[in_window])]
@@ -229,8 +234,13 @@ def summarize_level(
     if summary.stopped_early and summary.stopped_early != INTERRUPTED:
         summary.failures.append(f"stopped early: {summary.stopped_early}")
     loop_lag = pc.fill_null(table.column("loop_lag_ms"), np.nan).to_numpy().astype(np.float64)
+    connect = (
+        pc.fill_null(table.column("connect_ms"), np.nan).to_numpy().astype(np.float64)
+        if "connect_ms" in table.column_names
+        else None
+    )
     summary.client_bound_workers, summary.client_bound_reasons, stalls = client_bound(
-        times, loop_lag, entry, telemetry, ClientBoundRule.of(cluster), window
+        times, loop_lag, entry, telemetry, ClientBoundRule.of(cluster), window, connect
     )
     summary.notes += list(entry.notes) + stalls + connect_notes(table)
     summary.client_bound = bool(summary.client_bound_reasons)
