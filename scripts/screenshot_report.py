@@ -2,7 +2,8 @@
 """Render a run's report.html (and a comparison's comparison.html) to PNG with headless Chromium, to look at.
 
 Input: run or comparison directories (or HTML files). Output, beside each page:
-``<page>.png`` (the first screen at --width × --height) and ``<page>-full.png``
+``<page>-screen.png`` (the first screen at --width × --height; not ``<page>.png``,
+which would overwrite the comparison's own comparison.png) and ``<page>-full.png``
 (a tall capture of the whole page, --full-height; crop it to look at a part).
 
 Chromium comes from Debian (``apt-get install -y chromium``); Playwright's
@@ -71,7 +72,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     for page in found:
         stem, url = os.path.splitext(page)[0], "file://" + page
-        shots = [(f"{stem}.png", url, args.height)]
+        shots = [(f"{stem}-screen.png", url, args.height)]
         if args.full_height:
             shots.append((f"{stem}-full.png", url, args.full_height))
         for png, where, height in shots:
