@@ -47,19 +47,28 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]], row_classes: Optional[Sequence[str]] = None) -> str:
-    # First and last columns hold words (level names, verdicts): left-aligned; numbers between: right.
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]], row_classes: Optional[Sequence[str]] = None,
+           left: Optional[Sequence[int]] = None) -> str:
+    # Columns of words (``left``; default the first and last: level names, verdicts) left-aligned; numbers right.
+    words = (0, len(header) - 1) if left is None else left
+
     def align(j: int) -> str:
-        return ' class="l"' if j in (0, len(header) - 1) else ""
+        return ' class="l"' if j in words else ""
 
     head = "".join(f"<th{align(j)}>{_e(h)}</th>" for j, h in enumerate(header))
     body = []
     for i, row in enumerate(rows):
         cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
-        cells = "".join(f"<td{align(j)}>{_e(c)}</td>" for j, c in enumerate(row))
+        cells = "".join(f"<td{align(j)}>{_cell(c)}</td>" for j, c in enumerate(row))
         body.append(f"<tr{cls}>{cells}</tr>")
     # Secondary tables may be wider than the page (intervals, many runs): they scroll sideways on their own.
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def _cell(text: str) -> str:
+    """A cell's text, escaped; a second line (after a newline) shown small and grey under the first."""
+    first, sep, second = str(text).partition("\n")
+    return _e(first) + (f'<br><span class="muted" style="font-size:11px">{_e(second)}</span>' if sep else "")
 
 
 def _img(path: str) -> str:
@@ -295,12 +304,13 @@ def render_html(summary: RunSummary, plots: Sequence[str]) -> str:
 def render_comparison_html(comparison: Comparison, summaries: Sequence[RunSummary], plots: Sequence[str]) -> str:
     """The comparison page as a string: runs, verdicts per run, the noise summary, the side-by-side table, the plots."""
     base = comparison.runs[0]
-    header = [f"load ({comparison.load_axis})", "metric", *comparison.runs, *(f"{r} vs base" for r in comparison.runs[1:])]
+    # One column per run, the verdict vs the base under each later run's value: 2–6 runs fit the page.
+    header = [f"load ({comparison.load_axis})", "metric", f"{base} (base)", *comparison.runs[1:]]
     rows, classes = [], []
     runs = range(len(comparison.runs))
     for row in comparison.rows:
         load = "verdicts" if row.group == "verdict" else num(row.load)
-        rows.append([load, row.metric, *(value_text(row, i) for i in runs), *(verdict_text(row, i) for i in runs[1:])])
+        rows.append([load, row.metric, value_text(row, 0), *(f"{value_text(row, i)}\n{verdict_text(row, i)}" for i in runs[1:])])
         classes.append("diff" if DIFFERENT in row.verdicts else "")
     body = [f"<h1>loadgen comparison — {_e(' vs '.join(comparison.runs))}</h1>",
             f'<p class="sub">Values with their 95 % intervals [low, high] (— : too few samples to bound that side). '
@@ -315,7 +325,7 @@ def render_comparison_html(comparison: Comparison, summaries: Sequence[RunSummar
     for label, s in zip(comparison.runs, summaries):
         body.append(f"<h2>{_e(label)}</h2><p class=\"sub\">{_e(_info(s))}</p><ul class=\"verdicts\">"
                     + "".join(f"<li>{_e(v)}</li>" for v in verdicts(s)) + "</ul>")
-    body.append('<h2 id="side-by-side">Side by side</h2>' + _table(header, rows, classes))
+    body.append('<h2 id="side-by-side">Side by side</h2>' + _table(header, rows, classes, left=(1,)))
     if comparison.notes:
         body.append("<ul>" + "".join(f'<li class="warn">{_e(n)}</li>' for n in comparison.notes) + "</ul>")
     body += [_img(p) for p in plots]
