@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from loadgen.analysis import metrics
 from loadgen.analysis.confidence import effective_count, order_stat_ranks
 from loadgen.analysis.metrics import (
     CDF_PERCENTILES,
@@ -141,7 +142,9 @@ def reference_scan(rows: list[Optional[list[int]]], select: np.ndarray, out: np.
 
 
 @pytest.mark.parametrize("weighted", [False, True])
-def test_scan_chunks_matches_a_per_request_loop(weighted: bool) -> None:
+@pytest.mark.parametrize("scan_rows", [65_536, 7])
+def test_scan_chunks_matches_a_per_request_loop(weighted: bool, scan_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics, "SCAN_ROWS", scan_rows)  # 7: many slices per Arrow chunk, one partly filled
     rng = np.random.default_rng(11)
     rows = chunk_lists(rng, 3_000)
     column = pa.chunked_array(

@@ -312,19 +312,20 @@ class ChunkScan:
 def scan_chunks(
     chunks: pa.ChunkedArray, select: np.ndarray, output_tokens: np.ndarray, window: Window
 ) -> ChunkScan:
-    """ITL gaps of the ``select``-ed requests and token arrivals in ``window``, vectorised per Arrow chunk.
+    """ITL gaps of the ``select``-ed requests and token arrivals in ``window``, vectorised per slice of requests.
 
     A chunk carries ``output_tokens / len(chunk_ns)`` tokens of its request (the
     server's usage count spread over its chunks; 1 when usage is missing), so
     multi-token chunks weigh as many tokens as they delivered.
     """
-    lengths_all = [pc.fill_null(pc.list_value_length(arr), 0).to_numpy().astype(np.int64) for arr in chunks.chunks]
+    pieces = _pieces(chunks)
+    lengths_all = [pc.fill_null(pc.list_value_length(arr), 0).to_numpy().astype(np.int64) for arr in pieces]
     lengths_level = np.concatenate(lengths_all) if lengths_all else np.empty(0, np.int64)
     gaps = _Gaps(int(np.maximum(lengths_level - 1, 0)[select].sum()))
     gap_weights: list[Optional[np.ndarray]] = []  # None for an Arrow chunk whose gaps all weigh 1
     tokens = 0.0
     row = 0
-    for arr, lengths in zip(chunks.chunks, lengths_all):
+    for arr, lengths in zip(pieces, lengths_all):
         n = len(arr)
         sel, out = select[row : row + n], output_tokens[row : row + n]
         row += n
@@ -345,6 +346,15 @@ def scan_chunks(
         chunks=lengths_level,
         tokens_in_window=tokens,
     )
+
+
+#: Requests scanned at a time: bounds the temporary per-chunk arrays (~2.6 M timestamps: ~50 MB) at any level size.
+SCAN_ROWS = 65_536
+
+
+def _pieces(chunks: pa.ChunkedArray) -> list[pa.Array]:
+    """The Arrow chunks cut into zero-copy slices of at most ``SCAN_ROWS`` requests, in order."""
+    return [arr.slice(lo, SCAN_ROWS) for arr in chunks.chunks for lo in range(0, len(arr), SCAN_ROWS)]
 
 
 class _Gaps:
