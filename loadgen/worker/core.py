@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -32,6 +33,7 @@ from loadgen.worker.strategies import strategy_for
 
 _LAG_INTERVAL_S = 0.05
 _TELEMETRY_INTERVAL_S = 0.25
+RECENT_SAMPLES = 1000  # TTFTs and TPOTs each worker keeps for the live view's percentiles
 
 
 @dataclass
@@ -91,6 +93,10 @@ class WorkerCore:
         self._latency_sum_ns = 0  # the last level's ok requests' sent-to-end times, to size the next warm-up
         self._latency_n = 0
         self._running: Optional[LevelState] = None  # the level start_level runs
+        # Live view only: the last ok requests' TTFT and TPOT (ms) and output tokens, reset per level.
+        self.recent_ttft_ms: deque[float] = deque(maxlen=RECENT_SAMPLES)
+        self.recent_tpot_ms: deque[float] = deque(maxlen=RECENT_SAMPLES)
+        self.output_tokens = 0
 
     # ------------------------------------------------------------------ clock
     def now(self) -> int:
@@ -158,6 +164,10 @@ class WorkerCore:
             "loop_lag_max_ms": self.lag_max_ms,
             "loop_lag_ms_p99": loop_p99,
             "schedule_lag_ms_p99": sched_p99,
+            "output_tokens": self.output_tokens,
+            "errors_by_class": {k: n for k, n in st.statuses.items() if k != "ok"} if st is not None else {},
+            "ttft_ms_recent": list(self.recent_ttft_ms),
+            "tpot_ms_recent": list(self.recent_tpot_ms),
         }
 
     # ------------------------------------------------------------------ one level
@@ -199,7 +209,9 @@ class WorkerCore:
         self._stop.clear()
         self._level = run.level
         self._running = state
-        self.sent = self.completed = self.errors = self.in_flight = 0
+        self.sent = self.completed = self.errors = self.in_flight = self.output_tokens = 0
+        self.recent_ttft_ms.clear()
+        self.recent_tpot_ms.clear()
         self.lag_max_ms = 0.0
         self._latency_sum_ns = self._latency_n = 0  # the next warm-up is sized by this level's latency
         cpu0 = time.process_time()
@@ -280,6 +292,8 @@ class WorkerCore:
         else:
             self.errors += 1
         st.buffer.append(rec)
+        if rec["status"] == "ok":
+            self._note_latency(rec)
         sent_ns = rec["sent_ns"]
         connect_ms = rec.get("connect_ms")
         # Late is when the request left (its connect began), not when its bytes went out after it.
@@ -288,6 +302,16 @@ class WorkerCore:
             self._latency_sum_ns += rec["end_ns"] - sent_ns
             self._latency_n += 1
         return rec
+
+    def _note_latency(self, rec: dict[str, Any]) -> None:
+        """Keep an ok request's TTFT, TPOT and output tokens for the live view (two appends: cheap per request)."""
+        first, sent, end, n = rec.get("first_token_ns"), rec.get("sent_ns"), rec.get("end_ns"), rec.get("output_tokens") or 0
+        self.output_tokens += n
+        if first is None or sent is None:
+            return
+        self.recent_ttft_ms.append((first - sent) / 1e6)
+        if end is not None and n > 1:
+            self.recent_tpot_ms.append((end - first) / 1e6 / (n - 1))
 
     async def _execute(self, st: LevelState, k: int, rec: dict[str, Any]) -> None:
         assert self.pool is not None
