@@ -172,7 +172,7 @@ class LevelProgress:
         rate = "—" if s.rate_rps is None else f"{s.rate_rps:.1f}"
         tok = "—" if s.tok_s is None else f"{s.tok_s:,.0f}"
         return (
-            f"{self.title}  {s.phase} {min(s.elapsed_s, self.duration_s):5.1f}/{self.duration_s:.1f}s  "
+            f"{self.title}  {s.phase} {min(s.elapsed_s, self.duration_s):.1f}/{self.duration_s:.1f}s  "
             f"sent {s.sent}  done {s.done}  in flight {s.in_flight}  rate {rate} req/s  output {tok} tok/s  "
             f"TTFT p50 {_ms(s.ttft[0])} p99 {_ms(s.ttft[1])} ms  TPOT p50 {_ms(s.tpot[0])} p99 {_ms(s.tpot[1])} ms  "
             f"errors {errors_words(s.errors, s.errors_by_class)}  loop lag max {s.lag_max_ms:.1f} ms  "

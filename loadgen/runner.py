@@ -313,7 +313,10 @@ def _run_one(
     queue_t: list[int] = []
     queue_n: list[int] = []
     rule = ClientBoundRule.of(cfg.cluster)
-    with LevelProgress(console, title, plan.duration_s, enabled=cfg.progress) as progress:
+    # The ETA: the levels after this one at the mean wall time of the levels already run.
+    past_s = [(e.end_ns - e.start_ns) / 1e9 for e in state.meta.levels if e.start_ns and e.end_ns]
+    after = max(n_levels - spec.index - 1, 0) if n_levels else None
+    with LevelProgress(console, title, plan.duration_s, enabled=cfg.progress, levels_after=after, past_level_s=past_s) as progress:
         pending = dict(zip(futures, live))
         while pending:
             ready, _ = ray.wait(list(pending), timeout=POLL_S, num_returns=len(pending))
