@@ -42,3 +42,38 @@ def test_level_table_has_short_flags_legend_and_sticky_header(tmp_path):
     legend = page[page.index('<dl class="legend">') : page.index("</dl>")]
     used = {f for fs in flags.values() for f in fs}
     assert {m for f, _, m in FLAGS if f in used} == {m for _, _, m in FLAGS if m in legend}
+
+
+def test_plot_helpers_log_axis_capacity_band_and_client_bound(tmp_path):
+    from types import SimpleNamespace
+
+    from matplotlib.figure import Figure
+
+    from loadgen.report.plots import CLIENT_BOUND, _capacity_line, _client_bound, _log_load_axis
+
+    def closed(*loads):
+        return SimpleNamespace(levels=[SimpleNamespace(open_loop=False, load=x) for x in loads])
+
+    assert _log_load_axis([closed(1, 4, 16, 64)], open_loop=False)  # a doubling sweep: log axis
+    assert not _log_load_axis([closed(8, 16, 32)], open_loop=False)  # 4× span: linear is fine
+    assert not _log_load_axis([closed(1, 64)], open_loop=True)  # rate sweeps stay linear
+
+    run_dir = str(tmp_path / "run")
+    make_run(run_dir)
+    summary = analyze_run(run_dir)
+    ax = Figure().subplots()
+    _capacity_line(ax, summary, "#1f77b4", True)
+    cap = summary.goodput_capacity
+    assert cap.rate is not None
+    lines = [ln for ln in ax.get_lines() if ln.get_label().startswith("goodput capacity")]
+    assert len(lines) == 1 and lines[0].get_ydata()[0] == cap.rate
+    if not cap.at_least:
+        assert ax.patches, "the bracket band is drawn"
+
+    levels = [lv for lv in summary.levels]
+    levels[0].client_bound = True
+    axes = [Figure().subplots() for _ in range(4)]
+    _client_bound(levels, axes, ("ttft", "tpot"), "client-bound level")
+    rings = axes[0].collections
+    assert len(rings) == 1 and rings[0].get_offsets().shape == (1, 2)
+    assert tuple(rings[0].get_edgecolor()[0][:3]) == tuple(int(CLIENT_BOUND[i : i + 2], 16) / 255 for i in (1, 3, 5))
