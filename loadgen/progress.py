@@ -205,7 +205,8 @@ class LevelProgress:
             self._live.update(self.panel(snap))
         elif time.monotonic() - self._last_plain >= PLAIN_EVERY_S:
             self._last_plain = time.monotonic()
-            self.console.print(self.plain_line(snap), highlight=False, markup=False)
+            # soft_wrap: one line per update in a log, however narrow the console thinks it is
+            self.console.print(self.plain_line(snap), highlight=False, markup=False, soft_wrap=True)
 
     def warn_client_bound(self, counters: list[dict[str, Any]], rule: ClientBoundRule, open_loop: bool) -> None:
         """Say, once per worker and level, that ``rule`` flags the worker on its recent samples (past the warm-up)."""
