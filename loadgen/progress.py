@@ -194,7 +194,7 @@ class LevelProgress:
                      "TPOT p50/p99", f"{_ms(s.tpot[0])} / {_ms(s.tpot[1])} ms")
         grid.add_row("errors", Text(errors_words(s.errors, s.errors_by_class), style=err_style),
                      "loop lag max", f"{s.lag_max_ms:.1f} ms", "run ETA", _duration(s.eta_s), "", "")
-        return Panel(grid, title=self.title, title_align="left", border_style="yellow" if s.errors else "blue")
+        return Panel(grid, title=self.title, title_align="left", border_style="yellow" if s.errors else "blue", expand=False)
 
     def update(self, elapsed_s: float, counters: list[dict[str, Any]]) -> None:
         """Redraw with the latest counters of every worker."""
