@@ -205,9 +205,10 @@ def _prefill_bins(obs: Observations, a: float, b: float) -> tuple[np.ndarray, np
 def _idle_bins(obs: Observations) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Idle-server TTFTs binned by prompt length (deciles): mean prompt tokens, median TTFT (s), counts."""
     ttft, prompt = obs.idle_ttft_s, obs.idle_prompt
-    if len(ttft) < 5:
+    if len(ttft) < 4:
         return np.empty(0), np.empty(0), np.empty(0)
-    edges = np.unique(np.percentile(prompt, np.linspace(0, 100, 11)))
+    # up to 10 bins of at least 2 requests each (a few idle requests still give a few bins)
+    edges = np.unique(np.percentile(prompt, np.linspace(0, 100, min(10, len(ttft) // 2) + 1)))
     which = np.clip(np.searchsorted(edges, prompt, side="right") - 1, 0, max(len(edges) - 2, 0))
     xs, ys, ns = [], [], []
     for k in np.unique(which):
