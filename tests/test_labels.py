@@ -49,3 +49,12 @@ def test_terminal_comparison_names_each_label_s_directory():
     buf = io.StringIO()
     render_comparison(cmp, Console(file=buf, width=160), ["/r/0_target=sim", "/r/1_target=sim-70b"])
     assert "run sim: /r/0_target=sim" in buf.getvalue() and "run sim-70b: /r/1_target=sim-70b" in buf.getvalue()
+
+
+def test_one_run_title_label_uses_its_overrides(tmp_path):
+    from loadgen.analysis.labels import run_label
+
+    long = _run(tmp_path, "0_" + "x" * 50, ["target=sim-70b", "workload.output_tokens=128"])
+    assert run_label(long) == "sim-70b output_tokens=128"
+    assert run_label(_run(tmp_path, "short", ["target=sim"])) == "short"
+    assert run_label(_run(tmp_path, "y" * 50, [], label="mine")) == "mine"

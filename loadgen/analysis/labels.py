@@ -82,6 +82,16 @@ def run_labels(summaries: Sequence[Any]) -> list[str]:
     return _distinct(labels)
 
 
+def run_label(summary: Any, width: int = 60) -> str:
+    """One run's title label: ``label=``, a short directory name, else its overrides in short form (cut to ``width``)."""
+    explicit = _explicit(summary.config or {})
+    name = os.path.basename(os.path.normpath(summary.run_dir)) or summary.run_id
+    if explicit or len(name) <= SHORT:
+        return explicit or name
+    ovs = overrides(summary.run_dir)
+    return _middle(" ".join(_short_override(k, v) for k, v in ovs.items()) if ovs else name, width)
+
+
 def _distinct(labels: list[str]) -> list[str]:
     """Repeated labels get ' #2', ' #3' … (the first keeps its name)."""
     seen: dict[str, int] = {}

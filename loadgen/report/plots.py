@@ -24,6 +24,7 @@ from matplotlib.ticker import FuncFormatter
 
 from loadgen.analysis import LevelSummary, RunSummary
 from loadgen.analysis.compare import run_labels
+from loadgen.analysis.labels import run_label
 from loadgen.analysis.metrics import CDF_PERCENTILES, MISSING, NS_PER_S, in_flight_at
 from loadgen.config import ClusterConfig
 from loadgen.report.verdicts import load_words, num
@@ -266,7 +267,7 @@ def _wrap(title: str, width: int = 120) -> str:
 def _describe(summary: RunSummary) -> str:
     target = summary.info.get("target") or {}
     what = " · ".join(str(target[k]) for k in ("model", "profile", "engine") if target.get(k))
-    return f"{summary.label}" + (f" ({what})" if what else "")
+    return run_label(summary) + (f" ({what})" if what else "")
 
 
 def _rules_caption(summary: RunSummary) -> str:
@@ -360,7 +361,9 @@ def timeline_figure(summary: RunSummary, path: str, points: int = 2000) -> Optio
     for kind, color, label in (("running", COLORS[2], "running (server)"), ("waiting", COLORS[1], "waiting in server queue")):
         if kind in series:
             ax.step(*series[kind], where="post", color=color, linewidth=1.2, label=label)
-    ax.set_title(f"Requests over time — {_describe(summary)} (shaded: steady window of each level)", pad=26)
+    # The run's name in the figure title (wrapped), the axis title short: it never runs off the figure.
+    fig.suptitle(_wrap(f"Requests over time — {_describe(summary)}"), fontsize=13)
+    ax.set_title("loadgen's in-flight requests and the server's queues (shaded: steady window of each level)", pad=26, fontsize=10)
     ax.set_ylabel("requests")
     ax.set_ylim(bottom=0)
     handles, labels = ax.get_legend_handles_labels()
