@@ -181,7 +181,7 @@ def _point_labels(ax: Axes, levels: Sequence[LevelSummary], xs: np.ndarray, ys: 
         if last is not None and span and abs(x - last) < 0.04 * span:
             continue
         last = x
-        ax.annotate(num(lv.load), (x, y), textcoords="offset points", xytext=(-4, 9), ha="right", fontsize=7,
+        ax.annotate(num(lv.load) if lv.open_loop else f"{lv.value:g}", (x, y), textcoords="offset points", xytext=(-4, 9), ha="right", fontsize=7,
                     color="#444", bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8}, zorder=7)
 
 
