@@ -182,12 +182,14 @@ def test_fit_to_a_live_simulator_run_recovers_its_profile_and_predict_matches_it
     # predict the same config, same seed, with the known profile: the same levels within noise
     predicted = _levels(_predict(tmp_path, "pred", overrides))
     measured = _levels(live)
+    lag = {lv.level: max(w.loop_lag_ms_p99 for w in lv.workers) for lv in read_meta(live).levels}
     for k, m in measured.items():
         q = predicted[k]
         assert q.output_tok_s == pytest.approx(m.output_tok_s, rel=0.1), k
         assert q.tpot.p50 == pytest.approx(m.tpot.p50, rel=0.1), k
-        # the live TTFT also holds HTTP and the client's event loop: a few ms the engine model does not have
-        assert q.ttft.p50 == pytest.approx(m.ttft.p50, rel=0.25, abs=5.0), k
+        # the live TTFT also holds HTTP and the client's event loop (its lag, measured, on a busy machine
+        # tens of ms): the engine model has neither
+        assert q.ttft.p50 == pytest.approx(m.ttft.p50, rel=0.25, abs=5.0 + lag[k]), k
 
 
 def test_plan_finds_the_fewest_replicas_that_pass(tmp_path):
