@@ -15,6 +15,7 @@ from typing import Iterable, Optional, Sequence
 
 from loadgen.analysis import Comparison, LevelSummary, RunSummary
 from loadgen.analysis.confidence import DIFFERENT, min_samples_for_upper
+from loadgen.analysis.labels import run_label
 from loadgen.report.noise import interval_text, value_text, verdict_text
 from loadgen.report.verdicts import load_words, num, pct, slo_words, verdicts
 from loadgen.rundir import ERROR_STATUSES, scrub
@@ -270,8 +271,8 @@ def render_html(summary: RunSummary, plots: Sequence[str]) -> str:
     """The run's report page as a string."""
     bound = [f"<li>level {lv.level}: {_e(', '.join(lv.client_bound_reasons))}</li>" for lv in summary.levels if lv.client_bound]
     body = [
-        f"<h1>loadgen report — {_e(summary.run_id)}</h1>",
-        f'<p class="sub">{_e(_info(summary))}</p>',
+        f"<h1>loadgen report — {_e(run_label(summary))}</h1>",
+        f'<p class="sub">run {_e(summary.run_id)} · {_e(_info(summary))}</p>',
         f"<p>SLOs: {_e(slo_words(summary.slo))}; saturation judged on p{summary.slo.percentile:g}; "
         f"goodput capacity at ≥ {summary.slo.attainment:.0%} attainment. Metrics are computed over each level's "
         "steady-state window (warm-up and drain excluded); see docs/metrics.md for every formula.</p>",
