@@ -80,6 +80,16 @@ def _read(fs: pafs.FileSystem, files: list[str], columns: Optional[list[str]]) -
     return ds.dataset(files, schema=RECORD_SCHEMA, filesystem=fs, format="parquet").to_table(columns=columns)
 
 
+def _read_one_by_one(fs: pafs.FileSystem, files: list[str], columns: list[str]) -> pa.Table:
+    """Like ``_read``, one file at a time: a level's parts decoded in turn, not all at once.
+
+    Decoding a part's ``chunk_ns`` lists needs several times the column's size
+    in passing; four parts at once put ~200 MB more on the analysis' peak
+    (10 M records) for no CPU saved.
+    """
+    return pa.concat_tables([_read(fs, [f], columns) for f in files])
+
+
 def read_records(run_dir_or_uri: str, columns: Optional[list[str]] = None) -> pa.Table:
     """A run's whole record dataset (a run directory or a records root) as one table with RECORD_SCHEMA."""
     fs, root = resolve_fs(run_dir_or_uri)
@@ -119,7 +129,7 @@ def iter_level_tables(root: str, columns: list[str]) -> Iterator[tuple[int, pa.T
         levels |= set(pc.unique(loose_table.column("level")).drop_null().to_pylist())
 
     def load(level: int) -> pa.Table:
-        parts = [_read(fs, by_level[level], columns)] if level in by_level else []
+        parts = [_read_one_by_one(fs, by_level[level], columns)] if level in by_level else []
         if loose_table is not None:
             parts.append(loose_table.filter(pc.equal(loose_table.column("level"), level)).select(columns))
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
