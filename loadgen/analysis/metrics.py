@@ -372,10 +372,9 @@ class _Gaps:
 
     def append(self, gaps: np.ndarray) -> None:
         """Add one Arrow chunk's gaps (int64 ns)."""
-        narrow = _narrow(gaps)
-        if narrow.dtype != np.int32 and self.data.dtype == np.int32:
+        if self.data.dtype == np.int32 and gaps.size and not (-(2**31) <= gaps.min() and gaps.max() < 2**31):
             self.data = self.data.astype(np.int64)
-        self.data[self.used : self.used + gaps.size] = narrow
+        self.data[self.used : self.used + gaps.size] = gaps  # cast in the copy when int32: checked to fit
         self.used += gaps.size
         self.sizes.append(gaps.size)
 
