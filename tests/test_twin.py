@@ -171,9 +171,11 @@ def test_fit_to_a_live_simulator_run_recovers_its_profile_and_predict_matches_it
     result = fit_runs([live])
     assert result.ok, result.refusals
     p = result.profile
-    # the client sees the steps through HTTP and its own event loop: a few percent of jitter
+    # the client sees the steps through HTTP and its own event loop; on the busy 2-core machine the
+    # per-sequence cost came out +14 % and -16 % in two runs of these short levels (+4 % for sim-70b's
+    # full calibration, docs/twin.md; exact in virtual time, above)
     assert p.step_base_ms == pytest.approx(KNOWN.step_base_ms, rel=0.1)
-    assert p.step_per_seq_ms == pytest.approx(KNOWN.step_per_seq_ms, rel=0.15)
+    assert p.step_per_seq_ms == pytest.approx(KNOWN.step_per_seq_ms, rel=0.25)
     # prefill is seen in few steps (lone prefills, idle TTFTs) and through the client's event loop: on a
     # busy 2-core machine its estimate was off by -25 % and +28 % in two runs (exact in virtual time, above)
     assert p.step_per_prefill_token_ms == pytest.approx(KNOWN.step_per_prefill_token_ms, rel=0.35)
