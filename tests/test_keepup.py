@@ -73,3 +73,17 @@ def test_a_request_cap_ends_the_level_early_at_the_named_rate():
     load = LoadConfig(kind="rate", levels=[100.0], duration_s=600.0, max_requests=400, warmup_s=1.0)
     plan = plan_open_loop(RequestCursor(Workload(table=table, source="t", kind="synthetic", rows_read=1000)), LevelSpec(0, LoadMode.RATE, 100.0), load, 1)
     assert plan.planned == 400 and plan.duration_s < 5.0 and abs(plan.offered_rps - 100.0) < 15.0
+
+
+def test_a_stable_long_queue_of_one_slot_at_ninety_percent_keeps_up():
+    # One slot, 0.2 s per request: capacity 5 req/s. At 4.5 req/s requests wait several
+    # service times, yet the queue does not grow: the server keeps up (a latency rule said not).
+    times = fifo_level(4.5, slots=1, service_s=0.2, duration_s=60.0, ttft_s=0.01)
+    ku = keep_up(times, window(5.0, 60.0), T0, tolerance=0.9)
+    assert ku.judgeable and ku.kept_up, ku
+
+
+def test_half_again_over_capacity_with_long_requests_is_seen():
+    times = fifo_level(1.0, slots=4, service_s=6.0, duration_s=90.0)  # 1.5 × the 0.667 req/s capacity
+    ku = keep_up(times, window(8.0, 90.0), T0, tolerance=0.9)
+    assert ku.judgeable and not ku.kept_up and abs(ku.served_rps - 4 / 6.0) < 0.15, ku
