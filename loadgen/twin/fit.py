@@ -306,7 +306,12 @@ def _fit_steps(
     if overhead is not None and overhead.value < 0:
         notes.append(f"request overhead fitted below zero ({overhead.value:.3g} ms): the prefill step alone explains idle TTFTs; set to 0")
         overhead.value = 0.0
-    if overhead is not None and overhead.value > 0.1 * out["step_base_ms"].value:
+    if out["step_base_ms"].value <= 0:
+        notes.append(
+            f"the decode step's base cost fitted at {out['step_base_ms'].value:.3g} ± {out['step_base_ms'].stderr:.2g} ms, not above zero: "
+            "the step times do not pin it down (too few, too noisy batch sizes); the twin uses 0.001 ms"
+        )
+    if overhead is not None and overhead.value > 0 and overhead.value > 0.1 * out["step_base_ms"].value:
         notes.append(
             f"an idle server takes {overhead.value:.3g} ms beyond its prefill step before the first token "
             "(HTTP, tokenization, scheduling, the engine's own queue)"
