@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from loadgen.analysis import labels
 from loadgen.analysis.confidence import (
     DIFFERENT,
     TOO_FEW,
@@ -23,6 +22,7 @@ from loadgen.analysis.confidence import (
     poisson_rate_interval,
     scaled_rate_interval,
 )
+from loadgen.analysis.labels import run_labels as _run_labels
 from loadgen.analysis.level import LevelSummary
 from loadgen.analysis.summary import RunSummary
 
@@ -112,7 +112,7 @@ class Comparison:
 
 def run_labels(summaries: Sequence[RunSummary]) -> list[str]:
     """Distinct short names: ``label=``, a short directory name, or the overrides that differ (see analysis.labels)."""
-    return labels.run_labels(summaries)
+    return _run_labels(summaries)
 
 
 def _ratios(values: list[Optional[float]]) -> list[Optional[float]]:
