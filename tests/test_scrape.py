@@ -14,10 +14,10 @@ from typing import Callable, Iterator
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
-from loopback import serve_app
 
 from loadgen.rundir import SERVER_METRICS_SCHEMA
 from loadgen.scrape import CANONICAL, METRIC_NAMES, MetricsScraper, names_for, parse_metrics, scraper_for
+from loopback import serve_app
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 

@@ -9,12 +9,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from aiohttp import web
-from loopback import serve_app
 
 from loadgen.config import ClusterConfig, TargetConfig
 from loadgen.rundir import part_dir, read_records, records_root, telemetry_parts
 from loadgen.worker import ClientLimitError, LevelRun, TargetSpec, WorkerCore, check_socket_limits
 from loadgen.workload.table import REQUEST_SCHEMA
+from loopback import serve_app
 
 
 class FakeServer:
