@@ -30,6 +30,8 @@ from loadgen.analysis.metrics import MISSING, NS_PER_S, RequestTimes, Window, in
 SAMPLES = 200
 #: Standard errors of the in-flight growth allowed before a level is said not to keep up.
 GROWTH_SIGMAS = 2.0
+#: A request is answered late beyond this many service times after its schedule.
+LATE_SERVICES = 2.0
 #: The window must hold this many service times, and the warm-up one.
 WINDOW_SERVICES = 2.0
 RAMP_SERVICES = 1.0
@@ -103,27 +105,35 @@ def keep_up(times: RequestTimes, window: Window, level_start_ns: Optional[int], 
         )
         return out
     slope, resid_std, mean_n = in_flight_growth(times, window)
-    # In-flight counts one service time apart are what is independent; and a count of requests in
-    # flight varies at least as a Poisson count does (variance = mean), whatever the fit's residuals say.
+    # In-flight counts one service time apart are what is independent.
     independent = max(2.0, seconds / max(out.service_s, seconds / SAMPLES))
-    spread = max(resid_std, float(np.sqrt(mean_n)))
+    spread = resid_std
     out.growth_rps = slope
     out.growth_se = spread * float(np.sqrt(12.0 / independent)) / seconds
     out.served_rps = out.offered_rps - max(0.0, slope)
-    # The judgement, by Little's law: a server that falls behind accumulates requests in flight at
-    # the rate arrivals outpace it. Latency alone would call a stable but long queue (one slot at
-    # 90 % load waits several service times) saturated. Two standard errors of the growth are
-    # allowed: in-flight counts one service time apart are what is independent, so few
-    # service times in a window leave a slope that noise can move a lot.
+    # Two signs of falling behind, and a level fails only on both. By Little's law, a server that
+    # falls behind accumulates requests in flight at the rate arrivals outpace it (two standard
+    # errors allowed: in-flight counts one service time apart are what is independent). By latency,
+    # its later requests wait longer and longer, so many are answered late (beyond LATE_SERVICES
+    # service times of their schedule). A long but stable queue (one slot at 90 % load) has late
+    # requests but no growth; a window of few service times at a low rate can show a growth by
+    # noise while every request is answered in time. Neither is saturation.
     out.ratio = out.served_rps / out.offered_rps if out.offered_rps > 0 else None
     if out.ratio is None:
         return out
     allowance = GROWTH_SIGMAS * out.growth_se / out.offered_rps
-    out.kept_up = bool(out.ratio >= tolerance - allowance)
+    growing = out.ratio < tolerance - allowance
+    scheduled = window.contains(times.scheduled)
+    arrived = int(np.count_nonzero(scheduled))
+    late_ns = int(LATE_SERVICES * out.service_s * NS_PER_S)
+    in_time = int(np.count_nonzero(scheduled & (times.end != MISSING) & (times.end - times.scheduled <= late_ns)))
+    late = arrived > 0 and in_time < tolerance * arrived - np.sqrt(arrived)
+    out.kept_up = not (growing and late)
     if not out.kept_up:
         out.reason = (
             f"requests in flight grew {slope:,.3g} ± {out.growth_se:,.2g} req/s over the window: the server served "
             f"about {out.served_rps:,.4g} of {out.offered_rps:,.4g} req/s offered "
-            f"({out.ratio:.0%} < {tolerance:g}, less {GROWTH_SIGMAS:g}σ)"
+            f"({out.ratio:.0%} < {tolerance:g}, less {GROWTH_SIGMAS:g}σ), and only {in_time:,} of the window's "
+            f"{arrived:,} requests were answered within {LATE_SERVICES:g} service times of their schedule"
         )
     return out
