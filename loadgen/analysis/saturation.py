@@ -19,9 +19,9 @@ from loadgen.analysis.metrics import MISSING, RequestTimes
 from loadgen.config import AnalysisConfig, LoadConfig
 
 OPEN_RULE = (
-    "highest offered load, scanning upwards, up to which every judged level kept up "
-    "(served ≥ {tol:g} × offered by Little's law: offered less the growth of requests in flight, "
-    "less one σ) and met its p{pct:g} SLOs"
+    "highest offered load, scanning upwards, up to which every judged level kept up (not both: requests in "
+    "flight growing, served < {tol:g} × offered by Little's law less 2σ, and fewer than {tol:g} of the window's "
+    "requests answered within two service times) and met its p{pct:g} SLOs"
 )
 CLOSED_RULE = (
     "highest concurrency, scanning upwards, up to which every level met its p{pct:g} SLOs and "
