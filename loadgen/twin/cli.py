@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from rich.console import Console
 
-from loadgen.config import ConfigError, LoadgenConfig, to_config
+from loadgen.config import ConfigError, LoadgenConfig, schema_node, to_config
 from loadgen.twin.fit import FitError, fit_runs
 from loadgen.twin.fleet import BALANCERS
 from loadgen.twin.profile import read_twin, write_twin
@@ -36,7 +36,7 @@ def compose(overrides: Sequence[str]) -> LoadgenConfig:
     from loadgen.paths import conf_dir
 
     # conf/config.yaml's defaults start with the typed schema, registered as `loadgen` registers it
-    ConfigStore.instance().store(name="loadgen_schema", node=LoadgenConfig)
+    ConfigStore.instance().store(name="loadgen_schema", node=schema_node())  # dict options take keys without +
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         node = hydra_compose(config_name="config", overrides=list(overrides))
