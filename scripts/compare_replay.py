@@ -307,7 +307,7 @@ def replay(overrides: list[str], run_dir: str) -> Replay:
 
     from loadgen.runner import run
 
-    meta = run(compose(overrides), run_dir, console=Console(stderr=True))
+    meta = run(compose(overrides), run_dir, console=Console(stderr=True)).to_dict()
     return load_replay(run_dir, meta)
 
 

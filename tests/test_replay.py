@@ -221,7 +221,7 @@ def test_session_turns_stay_on_one_worker_in_order(ray_local, tmp_path):
     path.write_text(json.dumps(_conversations()))
     think_s = 0.2
     overrides = [
-        "workload=sharegpt", f"workload.path={path}", f"workload.think_time_s={think_s}", "target.api=chat",
+        "workload=sharegpt", f"workload.path={path}", f"load.think_time_s={think_s}", "target.api=chat",
         # 1.5 sessions/s for 2 s: exactly the 3 conversations, dealt to the 2 workers.
         "load=rate", "load.levels=[1.5]", "load.arrival=constant", "load.duration_s=2", "load.warmup_s=0",
         "load.drain_s=60", "progress=false",

@@ -29,7 +29,7 @@ from loadgen.analysis.metrics import MISSING, NS_PER_S, RequestTimes, Window, in
 #: In-flight samples taken over the window.
 SAMPLES = 200
 #: Standard errors of the in-flight growth allowed before a level is said not to keep up.
-GROWTH_SIGMAS = 2.0
+GROWTH_SIGMAS = 1.0
 #: A request is answered late beyond this many service times after its schedule.
 LATE_SERVICES = 2.0
 #: The window must hold this many service times, and the warm-up one.
