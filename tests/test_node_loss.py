@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import threading
 import time
 
@@ -48,6 +50,8 @@ def test_a_lost_node_is_counted_and_the_run_finishes_on_the_rest(tmp_path):
             analysis=AnalysisConfig(plots=False),
             progress=False,
         ))
+        killed: list[int] = []
+
         def lose_node_when_level_runs() -> None:
             """Kill one load node (raylet and all) two seconds into the first level."""
             path = tmp_path / "run" / "telemetry"
@@ -55,7 +59,19 @@ def test_a_lost_node_is_counted_and_the_run_finishes_on_the_rest(tmp_path):
             while time.monotonic() < deadline and not (path.exists() and any(path.rglob("part-*.parquet"))):
                 time.sleep(0.2)
             time.sleep(2.0)
-            cluster.remove_node(workers[1], allow_graceful=False)
+            # The raylet's death alone does not stop its worker processes at once: a busy actor can
+            # finish the level and answer the driver directly before it notices. A lost machine takes
+            # its workers with it, so they die together.
+            node = workers[1]
+            raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+            doomed = _descendants(raylet)
+            killed.extend(doomed)
+            cluster.remove_node(node, allow_graceful=False)
+            for pid in doomed:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
         killer = threading.Thread(target=lose_node_when_level_runs, daemon=True)
         killer.start()
@@ -65,6 +81,7 @@ def test_a_lost_node_is_counted_and_the_run_finishes_on_the_rest(tmp_path):
         ray.shutdown()
         cluster.shutdown()
 
+    assert killed, "the lost node's worker processes were found and killed with it"
     assert meta["status"] == "complete"
     dead = [w for w in meta["workers"] if not w["alive"]]
     assert len(dead) == 1 and dead[0]["lost_reason"]
@@ -82,3 +99,23 @@ def test_a_lost_node_is_counted_and_the_run_finishes_on_the_rest(tmp_path):
     assert second["ledger"]["planned"] == second["ledger"]["sent"] == second["ledger"]["ok"] > 0
     level1 = records.filter(records.column("level").to_numpy() == 1).column("worker_id").to_pylist()
     assert set(level1) == {1 - lost_id}  # two workers, ids 0 and 1
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), read from /proc."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        found += kids
+        frontier += kids
+    return found
