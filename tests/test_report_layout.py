@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 from loadgen.analysis import analyze_run
-from loadgen.report.html import FLAGS, level_flags, render_html
+from loadgen.analysis.flags import Flag, level_flags
+from loadgen.report.html import render_html
 from test_report import make_run
 
 
@@ -27,9 +28,7 @@ def test_level_table_has_short_flags_legend_and_sticky_header(tmp_path):
 
     # Level 2 (400 ms TTFT against a 100 ms SLO) is saturated: a short flag, with its reason as tooltip and below.
     flags = {lv.level: level_flags(summary, lv) for lv in summary.levels}
-    assert "SAT" in flags[2] and "★ point" in flags[1]
-    known = {flag for flag, _, _ in FLAGS}
-    assert all(set(f) <= known for f in flags.values())
+    assert Flag.SATURATED in flags[2] and Flag.POINT in flags[1]
     failing = next(lv for lv in summary.levels if lv.level == 2)
     reason = failing.failures[0]
     cells = re.findall(r"<td[^>]*>(.*?)</td>", table)
@@ -41,7 +40,8 @@ def test_level_table_has_short_flags_legend_and_sticky_header(tmp_path):
     # The legend explains exactly the flags used.
     legend = page[page.index('<dl class="legend">') : page.index("</dl>")]
     used = {f for fs in flags.values() for f in fs}
-    assert {m for f, _, m in FLAGS if f in used} == {m for _, _, m in FLAGS if m in legend}
+    assert all(f.short in table for f in used)
+    assert {f.meaning for f in used} == {f.meaning for f in Flag if f.meaning in legend}
 
 
 def test_plot_helpers_log_axis_capacity_band_and_client_bound(tmp_path):

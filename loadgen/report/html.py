@@ -15,6 +15,7 @@ from typing import Iterable, Optional, Sequence
 
 from loadgen.analysis import Comparison, LevelSummary, RunSummary
 from loadgen.analysis.confidence import DIFFERENT, min_samples_for_upper
+from loadgen.analysis.flags import Flag, level_flags
 from loadgen.analysis.labels import run_label
 from loadgen.report.noise import interval_text, value_text, verdict_text
 from loadgen.report.verdicts import load_words, num, pct, slo_words, verdicts
@@ -89,41 +90,16 @@ def _levels(summary: RunSummary) -> list[LevelSummary]:
     return sorted(summary.levels, key=lambda lv: (not lv.open_loop, lv.value, lv.level))
 
 
-#: The per-level table's short flags: (flag, CSS class, meaning), in the order a row shows them.
-FLAGS = (
-    ("★ point", "point", "the saturation point: the highest level that passed"),
-    ("SAT", "sat", "saturated: at or past the first level that failed the saturation rule"),
-    ("SLO", "slo", "missed a latency objective (or errors) without saturating"),
-    ("CB", "cb", "client-bound: loadgen itself may have limited the level"),
-    ("EARLY", "", "stopped early (queue growing or run budget)"),
-    ("STOP", "", "interrupted by the user"),
-    ("SHORT", "", "too short to judge"),
-    ("LEDGER", "sat", "the request ledger does not close"),
-    ("ok", "ok", "passed every rule"),
-)
-_FLAG_CLASS = {flag: cls for flag, cls, _ in FLAGS}
-
-
-def level_flags(summary: RunSummary, lv: LevelSummary) -> list[str]:
-    """A level's short flags (see ``FLAGS``), most important first; ['ok'] when none applies."""
-    flags = []
-    if summary.saturation.reached and summary.saturation.level == lv.level:
-        flags.append("★ point")
-    if lv.stopped_early == "interrupted":
-        flags.append("STOP")
-    elif not lv.judged:
-        flags.append("SHORT")
-    elif summary.saturated(lv):
-        flags.append("SAT")
-    elif not lv.slo_met or lv.failures:
-        flags.append("SLO")
-    if lv.stopped_early and lv.stopped_early != "interrupted":
-        flags.append("EARLY")
-    if lv.client_bound:
-        flags.append("CB")
-    if not lv.ledger.closes:
-        flags.append("LEDGER")
-    return flags or ["ok"]
+#: The CSS class of each flag's badge (see ``analysis.flags``); "ok" is the badge of a level with no flag.
+_FLAG_CLASS = {
+    Flag.POINT.short: "point",
+    Flag.SATURATED.short: "sat",
+    Flag.SLO.short: "slo",
+    Flag.CLIENT_BOUND.short: "cb",
+    Flag.LEDGER.short: "sat",
+    "ok": "ok",
+}
+_MEANING = {flag.short: flag.meaning for flag in Flag} | {"ok": "passed every rule"}
 
 
 #: Columns of the per-level table: (group, sub-header); a group spans its run of columns, None stands alone.
@@ -144,7 +120,7 @@ def level_rows(summary: RunSummary) -> tuple[list[str], list[list[str]], list[st
         rows.append([str(lv.level), load_words(lv), num(m.achieved_rps), num(m.output_tok_s), num(m.ttft.p50),
                      num(m.ttft.p90), num(m.ttft.p99), num(m.tpot.p50), num(m.tpot.p99), num(m.itl.p50),
                      num(m.itl.p99), num(m.e2e.p50), num(m.e2e.p99), num(m.normalized.p50), pct(m.error_rate),
-                     str(m.peak_in_flight), num(m.goodput_rps), pct(m.attainment), ", ".join(level_flags(summary, lv))])
+                     str(m.peak_in_flight), num(m.goodput_rps), pct(m.attainment), ", ".join(f.short for f in level_flags(summary, lv)) or "ok"])
         classes.append("sat" if summary.saturated(lv) else "cb" if lv.client_bound else "")
     return header, rows, classes
 
@@ -189,8 +165,8 @@ def _level_table(summary: RunSummary) -> str:
         tr = f'<tr class="{cls}">' if cls else "<tr>"
         body.append(f'{tr}{cells}<td class="l">{flags}</td></tr>')
     used = {f for row in rows for f in row[-1].split(", ")}
-    legend = "".join(f'<dt><span class="flag {cls}">{_e(flag)}</span></dt><dd>{_e(meaning)}</dd>'
-                     for flag, cls, meaning in FLAGS if flag in used)
+    legend = "".join(f'<dt><span class="flag {_FLAG_CLASS.get(flag, "")}">{_e(flag)}</span></dt><dd>{_e(meaning)}</dd>'
+                     for flag, meaning in _MEANING.items() if flag in used)
     why = [f"<li>level {lv.level}: {_e('; '.join(lv.failures))}</li>" for lv in levels if lv.failures]
     return (
         f'<table class="levels">{_grouped_head(LEVEL_COLUMNS)}<tbody>{"".join(body)}</tbody></table>'

@@ -13,29 +13,13 @@ from rich.table import Table
 
 from loadgen.analysis import Comparison, LevelSummary, RunSummary
 from loadgen.analysis.confidence import DIFFERENT
+from loadgen.analysis.flags import level_flags
 from loadgen.report.noise import value_text, verdict_text
 from loadgen.report.verdicts import num, pct, verdicts
 
 
 def _flags(summary: RunSummary, lv: LevelSummary) -> str:
-    flags = []
-    if lv.stopped_early == "interrupted":
-        flags.append("interrupted")
-    elif not lv.judged:
-        flags.append("too short to judge")
-    elif summary.saturated(lv):
-        flags.append("saturated")
-    elif not lv.slo_met:
-        flags.append("SLO miss")
-    if lv.stopped_early and lv.stopped_early != "interrupted":
-        flags.append("stopped early")
-    if lv.client_bound:
-        flags.append("client-bound")
-    if not lv.ledger.closes:
-        flags.append("ledger open")
-    if summary.saturation.reached and summary.saturation.level == lv.level:
-        flags.append("◀ saturation point")
-    return ", ".join(flags)
+    return ", ".join(flag.words for flag in level_flags(summary, lv))
 
 
 def level_table(summary: RunSummary) -> Table:
