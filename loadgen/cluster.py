@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 from loadgen import localray
 from loadgen.clock import now_ns
 from loadgen.collector import OutputSpec, start_collector
-from loadgen.config import ClusterConfig, TargetConfig
+from loadgen.config import ClusterConfig
 from loadgen.localray import LOOPBACK_ENV, LocalRay
 from loadgen.worker import TargetSpec, Worker
 
@@ -472,23 +472,3 @@ def sync_clocks(pool: WorkerPool, samples: int, now: Callable[[], int] = now_ns)
         info.setdefault("alive", True)
     ray.get(applied)
     return pool.info
-
-
-# --------------------------------------------------------------------------- fleet
-
-
-def primary_target(target: TargetConfig) -> TargetConfig:
-    """The target config to resolve first: ``url``, or the first of ``urls``."""
-    if target.urls and not target.url:
-        return dataclasses.replace(target, url=target.urls[0])
-    return target
-
-
-def probe_fleet(target: TargetConfig, model: str) -> list[str]:
-    """Check every replica of ``target.urls`` answers (model list and a probe); return their base URLs."""
-    from loadgen.target import resolve
-
-    urls = [u.rstrip("/") for u in target.urls]
-    for url in urls:
-        resolve(dataclasses.replace(target, url=url, model=model, urls=[])).close()
-    return urls

@@ -28,7 +28,7 @@ import loadgen
 from loadgen import cluster as clusters
 from loadgen.analysis import ClientBoundRule, LevelSummary, analyze_level
 from loadgen.clock import now_ns
-from loadgen.config import LoadgenConfig, api_key, redact
+from loadgen.config import LoadgenConfig, redact
 from loadgen.progress import LevelProgress
 from loadgen.rundir import (
     Ledger,
@@ -128,20 +128,18 @@ def run(cfg: LoadgenConfig, run_dir: str, *, console: Optional[Console] = None, 
             + ")"
         )
         ground_truth = run_file(run_dir, SIM_GROUND_TRUTH) if cfg.target.sim_ground_truth else None
-        target = resolve(clusters.primary_target(cfg.target), ground_truth=ground_truth)
-        fleet = clusters.probe_fleet(cfg.target, target.model) if cfg.target.urls else None
-        meta.target = {**target.summary(), **({"urls": fleet} if fleet else {})}
+        target = resolve(cfg.target, ground_truth=ground_truth)
+        meta.target = target.summary()
         console.print(f"target: {target.base_url} (model {target.model}, {target.kind})")
-        headers = {"Authorization": f"Bearer {api_key(cfg.target)}"} if api_key(cfg.target) else None
         state.scraper = scraper_for(
             target.root_url, target.engine, cfg.target.metrics_path, cfg.target.scrape_interval_s,
-            headers=headers, on_problem=lambda msg: console.print(f"[yellow]{msg}[/]", highlight=False),
+            headers=target.auth_headers, on_problem=lambda msg: console.print(f"[yellow]{msg}[/]", highlight=False),
             target=cfg.target,  # scrape with the target's TLS options and proxy, as the load goes
         )
         started_ray = clusters.connect(cfg.cluster)
-        spec = TargetSpec(base_url=target.base_url, model=target.model, config=cfg.target, api_key=api_key(cfg.target))
+        spec = TargetSpec(base_url=target.base_url, model=target.model, config=cfg.target, api_key=target.api_key)
         pool = clusters.start_workers(
-            cfg.cluster, run_id, spec, os.path.abspath(run_dir), clock_skew_ns=clock_skew_ns, urls=fleet
+            cfg.cluster, run_id, spec, os.path.abspath(run_dir), clock_skew_ns=clock_skew_ns, urls=target.urls
         )
         meta.workers = clusters.sync_clocks(pool, cfg.cluster.clock_sync_samples)
         meta.nodes = _nodes()

@@ -1,9 +1,12 @@
 """Resolve the server under test: start the embedded simulator or check a given URL, fail fast.
 
 Input: ``TargetConfig``. Output: a ``ResolvedTarget`` (base URL, model name,
-the simulator process when one was started) after ``GET /v1/models`` and one
-tiny probe request succeeded; otherwise ``TargetError`` naming the URL and
-what the server answered, before any load is sent.
+the replicas of a fleet, the API key, the simulator process when one was
+started) after ``GET /v1/models`` and one tiny probe request succeeded on
+every replica; otherwise ``TargetError`` naming the URL and what the server
+answered, before any load is sent. This is the one place the target config is
+turned into where the load goes: the runner, the scraper and the workers take
+what they need from the ``ResolvedTarget``.
 
 Both go through loadgen's own client, built as the workers build theirs
 (:func:`loadgen.client.endpoint.open_pool`: TLS, proxy, headers), and the
@@ -46,6 +49,8 @@ class ResolvedTarget:
     sim: Any = None  # loadgen.sim.process.SimProcess when kind=sim
     requested_url: Optional[str] = None  # target.url when a redirect moved the load elsewhere
     redirects: list[str] = field(default_factory=list)  # the probe's redirect chain (URLs redirected from)
+    urls: list[str] = field(default_factory=list)  # a fleet's replicas (target.urls), each probed; [] for one server
+    api_key: Optional[str] = field(default=None, repr=False)  # the bearer token (config, env var or OPENAI_API_KEY)
 
     @property
     def root_url(self) -> str:
@@ -59,7 +64,14 @@ class ResolvedTarget:
         out = {"kind": self.kind, "url": self.base_url, "model": self.model, "engine": self.engine, "profile": profile}
         if self.redirects:
             out.update(requested_url=self.requested_url, redirects=self.redirects)
+        if self.urls:
+            out["urls"] = self.urls
         return out
+
+    @property
+    def auth_headers(self) -> Optional[dict[str, str]]:
+        """The Authorization header alone (for the metrics scraper), or None without a key."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
 
     def close(self) -> None:
         """Stop the simulator if this run started it."""
@@ -78,7 +90,23 @@ class Checked:
 
 
 def resolve(target: TargetConfig, *, ground_truth: Optional[str] = None) -> ResolvedTarget:
-    """Start or reach the target, find its model and send one probe request."""
+    """Start or reach the target, find its model and send one probe request (to every replica of a fleet)."""
+    if target.urls and not target.url:
+        target = replace(target, url=target.urls[0])
+    resolved = _resolve_one(target, ground_truth)
+    if target.urls:
+        try:
+            resolved.urls = [u.rstrip("/") for u in target.urls]
+            for url in resolved.urls[1:]:  # the first was checked above; the others must serve its model
+                _resolve_one(replace(target, url=url, model=resolved.model, urls=[]), None).close()
+        except BaseException:
+            resolved.close()
+            raise
+    return resolved
+
+
+def _resolve_one(target: TargetConfig, ground_truth: Optional[str]) -> ResolvedTarget:
+    """One server: the simulator started (kind=sim) or ``target.url`` checked."""
     sim = None
     if target.kind == "sim":
         from loadgen.sim.cli import load_profile
@@ -105,6 +133,7 @@ def resolve(target: TargetConfig, *, ground_truth: Optional[str] = None) -> Reso
         sim=sim,
         requested_url=base_url if checked.redirects else None,
         redirects=checked.redirects,
+        api_key=api_key(target),
     )
 
 
