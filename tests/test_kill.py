@@ -22,6 +22,7 @@ import pytest
 from rich.console import Console
 
 from loadgen.analysis import analyze_run
+from loadgen.procs import ProcessTree
 from loadgen.report.terminal import render_terminal
 from loadgen.rundir import Ledger, part_dir, read_records, read_telemetry, records_root
 
@@ -30,49 +31,6 @@ pytestmark = pytest.mark.slow
 FLUSH_S = 0.5
 #: Room for a loaded 2-core machine: late sends, slow flushes, request latency.
 SLACK_S = 2.0
-
-
-def _stat(pid: int) -> Optional[list[str]]:
-    """Fields of /proc/PID/stat after the command name (index 0 is field 3, the state)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def process_tree(root: int) -> dict[int, str]:
-    """PID -> start time of every process in ``root``'s session or descended from it."""
-    stats = {int(p.name): _stat(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
-    found = {pid for pid, st in stats.items() if st and int(st[3]) == root} | {root}
-    for _ in range(8):
-        more = {pid for pid, st in stats.items() if st and int(st[1]) in found} - found
-        if not more:
-            break
-        found |= more
-    return {pid: stats[pid][19] for pid in found if stats.get(pid)}
-
-
-def end_processes(seen: dict[int, str], wait_s: float = 15.0) -> list[int]:
-    """Wait for the processes in ``seen`` to exit, then SIGKILL the ones still alive; return those."""
-    deadline = time.monotonic() + wait_s
-
-    def alive() -> list[int]:
-        out = []
-        for pid, start in seen.items():
-            st = _stat(pid)
-            if st and st[19] == start and st[0] != "Z":
-                out.append(pid)
-        return out
-
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.25)
-    left = alive()
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return left
 
 
 def start_loadgen(run_dir: Path, *overrides: str) -> subprocess.Popen:
@@ -115,14 +73,14 @@ def parts(directory: Path) -> list[Path]:
 def test_a_killed_worker_is_counted_and_the_run_finishes_on_the_others(tmp_path):
     run_dir = tmp_path / "run"
     proc = start_loadgen(run_dir, "load.levels=[10,10]", "load.duration_s=8")
-    seen: dict[int, str] = {}
+    tree = ProcessTree(proc.pid)
     try:
         workers = wait_for(proc, "run.json lists the workers", lambda: (read_json(run_dir / "run.json") or {}).get("workers"))
         victim = workers[1]["pid"]
         # Worker 1 has flushed part of level 0 (and is still sending) when it dies.
         wait_for(proc, "worker 1 flushes records", lambda: len(part_dir(records_root(str(run_dir)), 0, 1).files()) >= 3)
-        seen = process_tree(proc.pid)
-        assert victim in seen, "the pid in run.json is not one of this run's processes"
+        tree.sample()
+        assert victim in tree.seen, "the pid in run.json is not one of this run's processes"
         kill_ns = time.time_ns()
         os.kill(victim, signal.SIGKILL)
         out, _ = proc.communicate(timeout=240)
@@ -130,7 +88,7 @@ def test_a_killed_worker_is_counted_and_the_run_finishes_on_the_others(tmp_path)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
-        end_processes(seen)
+        tree.end()
     assert proc.returncode == 0, out
 
     meta = json.loads((run_dir / "run.json").read_text())
@@ -173,14 +131,14 @@ def test_a_killed_run_leaves_only_readable_files_and_at_most_a_flush_interval_un
     run_dir = tmp_path / "run"
     rate = 20
     proc = start_loadgen(run_dir, f"load.levels=[{rate}]", "load.duration_s=120")
-    seen: dict[int, str] = {}
+    tree = ProcessTree(proc.pid)
     try:
         wait_for(proc, "the level starts", lambda: parts(run_dir / "telemetry"))
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:  # processes come and go while Ray warms up: keep every one
-            seen.update(process_tree(proc.pid))
+            tree.sample()
             time.sleep(0.5)
-        seen.update(process_tree(proc.pid))
+        tree.sample()
         kill_ns = time.time_ns()
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
@@ -188,8 +146,8 @@ def test_a_killed_run_leaves_only_readable_files_and_at_most_a_flush_interval_un
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
-        orphans = end_processes(seen)
-    assert len(seen) > 5  # the driver, the simulator, Ray's processes and the workers were all tracked
+        orphans = tree.end()
+    assert len(tree.seen) > 5  # the driver, the simulator, Ray's processes and the workers were all tracked
     assert not orphans, f"processes outlived the killed run by 15 s (now killed): {orphans}"
 
     # Every Parquet file left behind is complete.

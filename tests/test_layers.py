@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "loadgen"
 
 #: Layers from the ground up; a module belongs to the first prefix it matches.
 LAYERS: list[tuple[str, ...]] = [
-    ("loadgen.clock", "loadgen.paths", "loadgen.headers", "loadgen.watchdog", "loadgen.config"),
+    ("loadgen.clock", "loadgen.paths", "loadgen.headers", "loadgen.watchdog", "loadgen.procs", "loadgen.config"),
     ("loadgen.rundir",),
     ("loadgen.workload", "loadgen.client", "loadgen.sim", "loadgen.collector", "loadgen.scrape", "loadgen.localray"),
     ("loadgen.analysis", "loadgen.schedule", "loadgen.target"),

@@ -14,24 +14,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
 from loadgen import watchdog
 from loadgen.cluster import ClusterError, remote_cause, user_error
 from loadgen.localray import start_watchdog
+from loadgen.procs import ProcessTree
 from loadgen.worker import ClientLimitError
 
 # --------------------------------------------------------------------------- /proc helpers
-
-
-def _stat(pid: int) -> Optional[list[str]]:
-    """Fields of /proc/PID/stat after the command name (index 0 is the state, 1 the ppid, 3 the session)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
 
 
 def _cmdline(pid: int) -> str:
@@ -39,38 +31,6 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return ""
-
-
-def descendants(root: int, known: dict[int, str]) -> dict[int, str]:
-    """Add to ``known`` (pid -> start time) every process in ``root``'s session or descended from a known one."""
-    stats = {int(p.name): _stat(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
-    known.setdefault(root, stats[root][19] if stats.get(root) else "")
-    grew = True
-    while grew:
-        grew = False
-        for pid, st in stats.items():
-            if st and pid not in known and (int(st[1]) in known or int(st[3]) == root):
-                known[pid] = st[19]
-                grew = True
-    return known
-
-
-def alive(known: dict[int, str]) -> list[int]:
-    """The processes of ``known`` still running (same start time, not a zombie)."""
-    out = []
-    for pid, start in known.items():
-        st = _stat(pid)
-        if st and st[19] == start and st[0] != "Z":
-            out.append(pid)
-    return out
-
-
-def kill_leftovers(known: dict[int, str]) -> None:
-    for pid in alive(known):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def listening(pids: list[int]) -> dict[int, set[str]]:
@@ -198,29 +158,26 @@ def test_a_sigkilled_driver_leaves_nothing_and_its_ray_listened_on_loopback_only
         ],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
-    known: dict[int, str] = {}
+    tree = ProcessTree(proc.pid)
     try:
         deadline = time.monotonic() + 180
-        while not any(_cmdline(p).startswith("ray::Worker") for p in descendants(proc.pid, known)):
+        while not any(_cmdline(p).startswith("ray::Worker") for p in tree.sample()):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the worker never started:\n{proc.stdout.read() if proc.stdout else ''}")
             time.sleep(0.2)
         time.sleep(2.0)  # the level is under way
-        descendants(proc.pid, known)
-        names = {pid: _cmdline(pid) for pid in alive(known)}
+        tree.sample()
+        names = {pid: _cmdline(pid) for pid in tree.alive()}
         sockets = listening(list(names))
 
         os.kill(proc.pid, signal.SIGKILL)  # the driver alone, as the OOM killer or `kill -9 PID` would
         proc.wait(30)
-        deadline = time.monotonic() + 30
-        while alive(known) and time.monotonic() < deadline:
-            time.sleep(0.25)
-        survivors = {pid: names.get(pid) or _cmdline(pid) for pid in alive(known)}
+        survivors = {pid: names.get(pid) or _cmdline(pid) for pid in tree.wait(30)}
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
-        kill_leftovers(known)
+        tree.end(wait_s=0)  # whatever of the run is still there
 
     # The tracking saw the processes that used to leak, so their absence now means something.
     everything = " | ".join(names.values())

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import signal
 import threading
 import time
 
@@ -14,7 +12,7 @@ from ray._private import ray_constants
 from ray.cluster_utils import Cluster
 from rich.console import Console
 
-from loadgen import runner
+from loadgen import procs, runner
 from loadgen.config import (
     AnalysisConfig,
     ClusterConfig,
@@ -64,14 +62,10 @@ def test_a_lost_node_is_counted_and_the_run_finishes_on_the_rest(tmp_path):
             # its workers with it, so they die together.
             node = workers[1]
             raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
-            doomed = _descendants(raylet)
+            doomed = procs.descendants(raylet)
             killed.extend(doomed)
             cluster.remove_node(node, allow_graceful=False)
-            for pid in doomed:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            procs.kill(doomed)
 
         killer = threading.Thread(target=lose_node_when_level_runs, daemon=True)
         killer.start()
@@ -99,23 +93,3 @@ def test_a_lost_node_is_counted_and_the_run_finishes_on_the_rest(tmp_path):
     assert second["ledger"]["planned"] == second["ledger"]["sent"] == second["ledger"]["ok"] > 0
     level1 = records.filter(records.column("level").to_numpy() == 1).column("worker_id").to_pylist()
     assert set(level1) == {1 - lost_id}  # two workers, ids 0 and 1
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children, their children, ...), read from /proc."""
-    parent: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = [], [pid]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        found += kids
-        frontier += kids
-    return found
