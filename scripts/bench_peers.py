@@ -64,7 +64,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -78,110 +77,17 @@ from typing import Callable, Optional
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 HERE = Path(__file__).resolve().parent
-TICK = os.sysconf("SC_CLK_TCK")
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # scripts/cgroup.py; loadgen/procs.py of this checkout
+
+from cgroup import CpuCgroup  # noqa: E402
+from loadgen import procs  # noqa: E402
+
 MODEL = "fast"  # the only model fast_sse_server.py lists
 DEFAULT_TOKENIZER = Path.home() / ".cache/loadgen-engines/models/rand-llama-42m-hf"
 DEFAULT_VLLM_VENV = Path.home() / ".cache/loadgen-engines/venvs/vllmcpu"
 
 
 # --------------------------------------------------------------------------- CPU accounting
-
-
-class CpuCgroup:
-    """A fresh cgroup that charges every process started in it; ``cpu_s()`` is their exact CPU total."""
-
-    def __init__(self, path: Path, usage: Callable[[Path], float]) -> None:
-        self.path, self._usage = path, usage
-
-    @classmethod
-    def create(cls, tag: str) -> Optional["CpuCgroup"]:
-        """A new cgroup under cgroup v1 cpuacct or v2; None when neither is writable (not root)."""
-        name = f"bench_peers_{tag}_{os.getpid()}_{time.monotonic_ns()}"
-        v1, v2 = Path("/sys/fs/cgroup/cpuacct"), Path("/sys/fs/cgroup")
-        candidates = []
-        if (v1 / "cpuacct.usage").exists():
-            candidates.append((v1, lambda p: int((p / "cpuacct.usage").read_text()) / 1e9))
-        if (v2 / "cgroup.controllers").exists():
-            candidates.append((v2, _v2_usage_s))
-        for root, usage in candidates:
-            try:
-                (root / name).mkdir()
-            except OSError:
-                continue
-            return cls(root / name, usage)
-        return None
-
-    def enter(self) -> None:
-        """Move the calling process into the cgroup (runs in the child before exec)."""
-        (self.path / "cgroup.procs").write_text(str(os.getpid()))
-
-    def pids(self) -> list[int]:
-        """Processes still in the cgroup."""
-        try:
-            return [int(x) for x in (self.path / "cgroup.procs").read_text().split()]
-        except OSError:
-            return []
-
-    def cpu_s(self) -> float:
-        return self._usage(self.path)
-
-    def remove(self) -> None:
-        try:
-            self.path.rmdir()
-        except OSError:
-            pass
-
-
-def _v2_usage_s(path: Path) -> float:
-    """cgroup v2 cpu.stat usage_usec, in seconds."""
-    for line in (path / "cpu.stat").read_text().splitlines():
-        if line.startswith("usage_usec"):
-            return int(line.split()[1]) / 1e6
-    raise RuntimeError(f"no usage_usec in {path}/cpu.stat")
-
-
-def _stat(pid: int) -> Optional[list[str]]:
-    """/proc/PID/stat fields after the command name (0 state, 1 ppid, 3 session, 11/12 utime/stime, 19 start)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-class TreeSampler:
-    """Fallback without cgroups: samples the descendants of ``root`` (by parent or session) from /proc."""
-
-    def __init__(self, root: int) -> None:
-        self.root = root
-        self.start: dict[int, str] = {root: ""}  # pid -> start time, so a reused pid is not counted
-        self.cpu: dict[int, float] = {}
-
-    def sample(self) -> None:
-        """Read every process once; remember the last CPU reading of each one of the tree."""
-        stats = {int(p.name): st for p in Path("/proc").iterdir() if p.name.isdigit() and (st := _stat(int(p.name)))}
-        grew = True
-        while grew:
-            grew = False
-            for pid, st in stats.items():
-                if pid not in self.start and (int(st[1]) in self.start or int(st[3]) == self.root):
-                    self.start[pid] = st[19]
-                    grew = True
-        for pid, start in self.start.items():
-            st = stats.get(pid)
-            if st and st[0] != "Z" and (pid == self.root or st[19] == start):
-                self.cpu[pid] = (int(st[11]) + int(st[12])) / TICK
-
-    def alive(self) -> list[int]:
-        """Processes of the tree still running."""
-        out = []
-        for pid, start in self.start.items():
-            st = _stat(pid)
-            if st and st[0] != "Z" and (pid == self.root or st[19] == start):
-                out.append(pid)
-        return out
-
-    def cpu_s(self) -> float:
-        return sum(self.cpu.values())
 
 
 @dataclass
@@ -203,12 +109,12 @@ def run_measured(argv: list[str], env: dict, cwd: str, timeout_s: float, leak_wa
     reported with returncode -9; anything alive ``leak_wait_s`` after the
     main process exited is listed in ``leaks`` and killed.
     """
-    cgroup = CpuCgroup.create(Path(argv[0]).name)
+    cgroup = CpuCgroup.create(f"bench_peers_{Path(argv[0]).name}")
     log = tempfile.TemporaryFile()
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd,
                             start_new_session=True, preexec_fn=cgroup.enter if cgroup else None)
-    sampler = None if cgroup else TreeSampler(proc.pid)
+    sampler = None if cgroup else procs.ProcessTree(proc.pid)
 
     def members() -> list[int]:
         return cgroup.pids() if cgroup else sampler.alive()
@@ -220,7 +126,7 @@ def run_measured(argv: list[str], env: dict, cwd: str, timeout_s: float, leak_wa
                 sampler.sample()
             time.sleep(0.02 if sampler else 0.1)
         if proc.poll() is None:
-            _kill_all(members())
+            procs.kill(members())
             proc.wait(30)
         wall = time.monotonic() - t0
         # Ray and AIPerf shut their helpers down after the main process; wait for them, then count it all.
@@ -230,14 +136,14 @@ def run_measured(argv: list[str], env: dict, cwd: str, timeout_s: float, leak_wa
                 sampler.sample()
             time.sleep(0.05)
         leaks = members()
-        _kill_all(leaks)
+        procs.kill(leaks)
         cpu = cgroup.cpu_s() if cgroup else sampler.cpu_s()
     finally:
         if proc.poll() is None:
-            _kill_all(members() or [proc.pid])
+            procs.kill(members() or [proc.pid])
             proc.wait(30)
         if cgroup:
-            _kill_all(cgroup.pids())
+            procs.kill(cgroup.pids())
             end = time.monotonic() + 10
             while cgroup.pids() and time.monotonic() < end:
                 time.sleep(0.05)
@@ -245,15 +151,6 @@ def run_measured(argv: list[str], env: dict, cwd: str, timeout_s: float, leak_wa
     log.seek(0)
     out = log.read().decode(errors="replace")
     return Measured(cpu, wall, proc.returncode, out, cgroup is not None, leaks)
-
-
-def _kill_all(pids: list[int]) -> None:
-    """SIGKILL each of ``pids`` (all of them started by this script's runs)."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 # --------------------------------------------------------------------------- the mock server
@@ -278,16 +175,16 @@ f._serve(int(sys.argv[2]), float(sys.argv[3]) / 1e3, float(sys.argv[4]) / 1e3, N
 """
 
 
-def start_server(port: int, procs: int) -> tuple[list[subprocess.Popen], Optional[CpuCgroup]]:
-    """Start ``procs`` fast_sse_server.py processes on ``port`` (SO_REUSEPORT) in a cgroup of their own.
+def start_server(port: int, count: int) -> tuple[list[subprocess.Popen], Optional[CpuCgroup]]:
+    """Start ``count`` fast_sse_server.py processes on ``port`` (SO_REUSEPORT) in a cgroup of their own.
 
     Output: the processes and the cgroup (its CPU is the server's, excluded
     from every tool's). Returns once the port accepts connections.
     """
-    cgroup = CpuCgroup.create("server")
+    cgroup = CpuCgroup.create("bench_peers_server")
     servers = [subprocess.Popen([sys.executable, "-c", SERVER_LAUNCHER, str(HERE), str(port), "50", "10"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=cgroup.enter if cgroup else None) for _ in range(procs)]
+                                preexec_fn=cgroup.enter if cgroup else None) for _ in range(count)]
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -309,7 +206,7 @@ def stop_server(servers: list[subprocess.Popen], cgroup: Optional[CpuCgroup]) ->
         except subprocess.TimeoutExpired:
             pass
     leftover = cgroup.pids() if cgroup else [p.pid for p in servers if p.poll() is None]
-    _kill_all(leftover)
+    procs.kill(leftover)
     if cgroup:
         end = time.monotonic() + 10
         while cgroup.pids() and time.monotonic() < end:

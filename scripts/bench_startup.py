@@ -35,73 +35,18 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Optional
 
 HERE = Path(__file__).resolve().parent
-TICK = os.sysconf("SC_CLK_TCK")
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # scripts/cgroup.py; loadgen/procs.py of this checkout
 
-
-class CpuCgroup:
-    """A fresh cgroup that charges every process started in it; ``cpu_s()`` is their exact CPU total."""
-
-    def __init__(self, path: Path, usage: Callable[[Path], float]) -> None:
-        self.path, self._usage = path, usage
-
-    @classmethod
-    def create(cls) -> Optional["CpuCgroup"]:
-        """A new cgroup under cgroup v1 cpuacct or cgroup v2; None when neither is writable (not root)."""
-        name = f"bench_startup_{os.getpid()}_{time.monotonic_ns()}"
-        v1 = Path("/sys/fs/cgroup/cpuacct")
-        v2 = Path("/sys/fs/cgroup")
-        candidates = []
-        if (v1 / "cpuacct.usage").exists():
-            candidates.append((v1, lambda p: int((p / "cpuacct.usage").read_text()) / 1e9))
-        if (v2 / "cgroup.controllers").exists():
-            candidates.append((v2, lambda p: _usage_usec(p) / 1e6))
-        for root, usage in candidates:
-            try:
-                (root / name).mkdir()
-            except OSError:
-                continue
-            return cls(root / name, usage)
-        return None
-
-    def enter(self) -> None:
-        """Move the calling process into the cgroup (run in the child before exec)."""
-        (self.path / "cgroup.procs").write_text(str(os.getpid()))
-
-    def pids(self) -> list[int]:
-        return [int(x) for x in (self.path / "cgroup.procs").read_text().split()]
-
-    def cpu_s(self) -> float:
-        return self._usage(self.path)
-
-    def remove(self) -> None:
-        try:
-            self.path.rmdir()
-        except OSError:
-            pass
-
-
-def _usage_usec(path: Path) -> int:
-    for line in (path / "cpu.stat").read_text().splitlines():
-        if line.startswith("usage_usec"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no usage_usec in {path}/cpu.stat")
+from cgroup import CpuCgroup  # noqa: E402
+from loadgen import procs  # noqa: E402
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _stat(pid: int) -> list[str] | None:
-    """/proc/PID/stat fields after the command name (index 0 = state, 1 = ppid, 11/12 = utime/stime)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
 
 
 def kind(pid: int) -> str:
@@ -125,49 +70,26 @@ def kind(pid: int) -> str:
     return name
 
 
-class Tracker:
-    """Samples every descendant of ``root`` (by parentage or session) and keeps each one's last CPU reading."""
+class Tracker(procs.ProcessTree):
+    """The run's process tree (every descendant of ``root``, by parentage or session), each process labelled by kind."""
 
     def __init__(self, root: int) -> None:
-        self.root = root
-        self.known: dict[int, tuple[str, str]] = {root: ("driver", "")}  # pid -> (kind, start time)
-        self.cpu: dict[int, float] = {}
+        super().__init__(root)
+        self.labels: dict[int, str] = {}
 
-    def sample(self) -> None:
-        stats = {}
-        for p in Path("/proc").iterdir():
-            if p.name.isdigit():
-                st = _stat(int(p.name))
-                if st:
-                    stats[int(p.name)] = st
-        changed = True
-        while changed:  # new processes whose parent (or session) is already known
-            changed = False
-            for pid, st in stats.items():
-                if pid not in self.known and (int(st[1]) in self.known or int(st[3]) == self.root):
-                    self.known[pid] = (kind(pid), st[19])
-                    changed = True
-        for pid, (_label, start) in list(self.known.items()):
-            st = stats.get(pid)
-            if st and (pid == self.root or st[19] == start) and st[0] != "Z":
-                self.cpu[pid] = (int(st[11]) + int(st[12])) / TICK
-                label_now = kind(pid) if pid != self.root else "?"
-                if label_now != "?":
-                    # Re-read: a process forked by the raylet shows the raylet's command line until it execs.
-                    self.known[pid] = (label_now, start)
-
-    def alive(self) -> list[int]:
-        out = []
-        for pid, (_, start) in self.known.items():
-            st = _stat(pid)
-            if st and st[0] != "Z" and (pid == self.root or st[19] == start):
-                out.append(pid)
-        return out
+    def sample(self) -> list[int]:
+        running = super().sample()
+        for pid in running:
+            # Read again each time: a process forked by the raylet shows the raylet's command line until it execs.
+            if pid != self.root and (label := kind(pid)) != "?":
+                self.labels[pid] = label
+        return running
 
     def by_kind(self) -> dict[str, float]:
+        """CPU-s by process kind (each process's last reading)."""
         out: dict[str, float] = defaultdict(float)
         for pid, cpu in self.cpu.items():
-            label = "driver (python -m loadgen.cli)" if pid == self.root else self.known[pid][0]
+            label = "driver (python -m loadgen.cli)" if pid == self.root else self.labels.get(pid, "?")
             out[label] += cpu
         return dict(out)
 
@@ -182,7 +104,7 @@ def one_run(url: str, overrides: list[str], leak_wait_s: float) -> dict:
         "load.arrival=constant", "workload.num_requests=20", "workload.output_tokens.mean=8",
         "cluster.workers=1", "analysis.plots=false", "progress=false", *overrides,
     ]
-    cgroup = CpuCgroup.create()
+    cgroup = CpuCgroup.create("bench_startup")
     t0 = time.monotonic()
     driver = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                               preexec_fn=cgroup.enter if cgroup else None)
@@ -202,11 +124,7 @@ def one_run(url: str, overrides: list[str], leak_wait_s: float) -> dict:
         tracker.sample()
         time.sleep(0.05)
     leaks = {pid: kind(pid) for pid in left()}
-    for pid in leaks:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    procs.kill(leaks)
     end = time.monotonic() + 10
     while left() and time.monotonic() < end:
         time.sleep(0.05)
