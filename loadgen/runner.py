@@ -195,6 +195,7 @@ class LevelTimer:
     def __init__(self, cfg: LoadgenConfig) -> None:
         self.cfg = cfg
         self.service_s: Optional[float] = None
+        self.needed_s: dict[float, float] = {}  # level value -> the sending time its last run was too short for
 
     def config_for(self, spec: LevelSpec) -> LoadgenConfig:
         """The config a level runs with: the user's, with warm-up and duration stretched when needed."""
@@ -202,7 +203,8 @@ class LevelTimer:
         if spec.mode is not LoadMode.RATE or self.service_s is None or load.shape != "steady":
             return self.cfg
         warmup = max(load.warmup_s, RAMP_MARGIN * self.service_s)
-        duration = min(max(load.duration_s, warmup + WINDOW_MARGIN * self.service_s), max(load.max_duration_s, load.duration_s))
+        wanted = max(warmup + WINDOW_MARGIN * self.service_s, NEEDED_MARGIN * self.needed_s.get(spec.value, 0.0))
+        duration = min(max(load.duration_s, wanted), max(load.max_duration_s, load.duration_s))
         warmup = min(warmup, duration / 2)
         # The last requests of the window must have time to be answered (the keep-up rule follows them).
         drain = max(load.drain_s, DRAIN_MARGIN * self.service_s)
@@ -212,18 +214,27 @@ class LevelTimer:
         return dataclasses.replace(self.cfg, load=stretched)
 
     def learn(self, level: LevelSummary) -> bool:
-        """Take in a judged level's service time; True when it was too short and a stretch would help."""
+        """Take in a judged level's service time; True when it was too short and a stretch would help.
+
+        A level too short to judge says how long it needed (``KeepUp.needed_s``): a few
+        service times, or longer for a borderline overload; its next run gets that.
+        """
         ku = level.keep_up
         if ku is None or ku.service_s is None:
             return False
         self.service_s = max(self.service_s or 0.0, ku.service_s)
-        return not level.judged and level.stopped_early is None and ku.needed_s is not None
+        too_short = not level.judged and level.stopped_early is None and ku.needed_s is not None
+        if too_short:
+            self.needed_s[level.value] = max(self.needed_s.get(level.value, 0.0), ku.needed_s)
+        return too_short
 
 
 #: Warm-up and window as multiples of the service time, a little above what the analysis needs.
 RAMP_MARGIN = 1.25
 WINDOW_MARGIN = 2.5
 DRAIN_MARGIN = 3.0
+#: A level re-run because it was too short gets this much more than it was said to need.
+NEEDED_MARGIN = 1.1
 
 
 def _run_levels(
