@@ -46,7 +46,7 @@ def test_search_brackets_the_capacity_derived_from_the_profile(tmp_path):
     expected = capacity(PROFILE, 64, 32).requests_per_s
     load = LoadConfig(
         kind="search", duration_s=6, warmup_s=1.5, drain_s=15, max_requests=10**5,
-        search_start=2.5, search_factor=2, search_tolerance=0.15, search_max_levels=8,
+        search_start=2.5, search_factor=2, search_tolerance=0.15, search_max_levels=6,
     )
     meta = run(_config(PROFILE, load), str(tmp_path)).to_dict()
     summary = analyze_run(str(tmp_path))
