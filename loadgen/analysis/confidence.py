@@ -150,4 +150,13 @@ def too_few_notes(percentile: float, counts: dict[str, int]) -> list[str]:
         return []
     (first, n0), rest = short[0], short[1:]
     named = [f"p{percentile:g} {first} from {n0:,} samples"] + [f"{label} from {n:,}" for label, n in rest]
-    return [f"{', '.join(named)}: too few to bound (needs ≥ {need:,})"]
+    return [f"{', '.join(named)}{TOO_FEW_MARK}{need:,})"]
+
+
+#: How every note of ``too_few_notes`` ends, before the sample count it needs.
+TOO_FEW_MARK = ": too few to bound (needs ≥ "
+
+
+def is_too_few_note(note: str) -> bool:
+    """Whether ``note`` is one of ``too_few_notes``'s."""
+    return TOO_FEW_MARK in note

@@ -14,13 +14,14 @@ from typing import Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
+from loadgen.analysis.keepup import GROWTH_SIGMAS
 from loadgen.analysis.level import LevelSummary
 from loadgen.analysis.metrics import MISSING, RequestTimes
 from loadgen.config import AnalysisConfig, LoadConfig
 
 OPEN_RULE = (
     "highest offered load, scanning upwards, up to which every judged level kept up (not both: requests in "
-    "flight growing, served < {tol:g} × offered by Little's law less 2σ, and fewer than {tol:g} of the window's "
+    "flight growing, served < {tol:g} × offered by Little's law less {sig:g}σ, and fewer than {tol:g} of the window's "
     "requests answered within two service times) and met its p{pct:g} SLOs"
 )
 CLOSED_RULE = (
@@ -81,7 +82,7 @@ def saturation_point(levels: Sequence[LevelSummary], slo_percentile: float, anal
     open_levels = sorted((lv for lv in levels if lv.open_loop), key=lambda lv: lv.load)
     if open_levels:
         scan = open_levels
-        rule = OPEN_RULE.format(tol=analysis.saturation_tolerance, pct=slo_percentile)
+        rule = OPEN_RULE.format(tol=analysis.saturation_tolerance, pct=slo_percentile, sig=GROWTH_SIGMAS)
     else:
         scan = sorted(levels, key=lambda lv: lv.value)
         rule = CLOSED_RULE.format(pct=slo_percentile, eff=analysis.scaling_efficiency)

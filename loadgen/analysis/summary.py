@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from loadgen.analysis.capacity import CapacityPlan, GoodputCapacity, goodput_capacity, plan_capacity
-from loadgen.analysis.confidence import too_few_notes
+from loadgen.analysis.confidence import is_too_few_note, min_samples_for_upper, too_few_notes
 from loadgen.analysis.level import LevelSummary, summarize_level
 from loadgen.analysis.metrics import METRIC_COLUMNS, PERCENTILE_NAMES, Dist
 from loadgen.analysis.saturation import Knee, Saturation, knee_point, saturation_point
@@ -72,6 +72,29 @@ class RunSummary:
             return False
         failing = next(lv for lv in self.levels if lv.level == first)
         return level.judged and level.open_loop == failing.open_loop and level.load >= failing.load
+
+    def shown_notes(self) -> list[str]:
+        """The notes a report shows, in order: the run's, then each level's ("level K: …").
+
+        When several levels rest on too few samples to bound their SLO percentile, one line
+        says so for all of them instead of one line per level (summary.json keeps each level's).
+        """
+        short = {lv.level: [n for n in lv.notes if is_too_few_note(n)] for lv in self.levels}
+        short = {k: v for k, v in short.items() if v}
+        out = list(self.notes)
+        if len(short) > 1:
+            counts = [c for lv in self.levels if lv.level in short for c in _slo_counts(lv).values() if c]
+            metrics = sorted({m for lv in self.levels if lv.level in short for m, c in _slo_counts(lv).items()
+                              if 0 < c < min_samples_for_upper(self.slo.percentile)})
+            out.append(
+                f"p{self.slo.percentile:g} {' and '.join(metrics)} of levels {_ranges(sorted(short))} rest on "
+                f"{min(counts):,} to {max(counts):,} samples, too few to bound (an upper bound needs "
+                f"≥ {min_samples_for_upper(self.slo.percentile):,}): longer levels (load.duration_s) give more"
+            )
+        for lv in self.levels:
+            hidden = short.get(lv.level, []) if len(short) > 1 else []
+            out += [f"level {lv.level}: {n}" for n in lv.notes if n not in hidden]
+        return out
 
     @property
     def client_bound_levels(self) -> list[int]:
@@ -220,10 +243,26 @@ def analyze_run(
     )
 
 
+def _slo_counts(lv: LevelSummary) -> dict[str, int]:
+    """{metric label: sample count} of the metrics a level's SLOs judge (e.g. {"TTFT": 140, "TPOT": 139})."""
+    return {key[:-3].upper(): getattr(lv.metrics, key[:-3]).count for key in lv.metrics.slo_percentiles}
+
+
 def _sample_notes(lv: LevelSummary, slo: SLOConfig) -> list[str]:
     """The level's SLO percentiles that rest on too few samples to bound (a note, not a failure)."""
-    counts = {key[:-3].upper(): getattr(lv.metrics, key[:-3]).count for key in lv.metrics.slo_percentiles}
-    return too_few_notes(slo.percentile, counts)
+    return too_few_notes(slo.percentile, _slo_counts(lv))
+
+
+def _ranges(levels: list[int]) -> str:
+    """[0, 1, 2, 4] → '0–2, 4'."""
+    parts, start = [], None
+    for i, k in enumerate(levels):
+        if start is None:
+            start = k
+        if i + 1 == len(levels) or levels[i + 1] != k + 1:
+            parts.append(f"{start}" if start == k else f"{start}–{k}")
+            start = None
+    return ", ".join(parts)
 
 
 def _run_notes(meta: Optional[RunMeta]) -> list[str]:

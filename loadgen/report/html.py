@@ -254,7 +254,7 @@ def render_html(summary: RunSummary, plots: Sequence[str]) -> str:
         "steady-state window (warm-up and drain excluded); see docs/metrics.md for every formula.</p>",
         "<h2>Verdicts</h2><ul class=\"verdicts\">" + "".join(f"<li>{_e(v)}</li>" for v in verdicts(summary)) + "</ul>",
     ]
-    notes = summary.notes + [f"level {lv.level}: {n}" for lv in summary.levels for n in lv.notes]
+    notes = summary.shown_notes()
     if notes:
         body.append("<ul>" + "".join(f'<li class="warn">{_e(n)}</li>' for n in notes) + "</ul>")
     body.append('<h2 id="levels">Per level</h2>' + _level_table(summary))

@@ -76,11 +76,8 @@ def render_terminal(summary: RunSummary, console: Optional[Console] = None) -> N
     console.print(level_table(summary))
     for sentence in verdicts(summary):
         console.print("• " + sentence, highlight=False, markup=False)
-    for note in summary.notes:
+    for note in summary.shown_notes():
         console.print("note: " + note, style="dim", highlight=False, markup=False)
-    for lv in summary.levels:
-        for note in lv.notes:
-            console.print(f"note: level {lv.level}: {note}", style="dim", highlight=False, markup=False)
 
 
 def comparison_table(comparison: Comparison) -> Table:
