@@ -28,6 +28,15 @@ def stat(pid: int) -> list[str] | None:
         return None
 
 
+def cpu_s(pid: int) -> float:
+    """Input: a PID. Output: the CPU seconds (user + system) it has used so far.
+    Raises ProcessLookupError when the process is gone or unreadable (as ``os.kill`` does)."""
+    st = stat(pid)
+    if st is None:
+        raise ProcessLookupError(pid)
+    return (int(st[UTIME]) + int(st[STIME])) / TICK
+
+
 def _every_stat() -> dict[int, list[str]]:
     """PID -> :func:`stat` fields of every process readable now."""
     out = {}

@@ -33,35 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import fast_sse_server  # noqa: E402
+from loadgen import procs as proclib  # noqa: E402
 from loadgen.config import ClusterConfig, LengthDist, LoadConfig, LoadgenConfig, TargetConfig, WorkloadConfig  # noqa: E402
 from loadgen.rundir import read_records  # noqa: E402
 from loadgen.runner import run  # noqa: E402
-
-
-def proc_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children, their children, ...), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
 
 
 def sample_all_cpu(exclude: set[int], stop: threading.Event, out: list) -> None:
@@ -75,11 +50,11 @@ def sample_all_cpu(exclude: set[int], stop: threading.Event, out: list) -> None:
     me = os.getpid()
     while not stop.is_set():
         total = 0.0
-        for pid in [me] + descendants(me):
+        for pid in [me] + proclib.descendants(me):
             if pid not in exclude:
                 try:
-                    total += proc_cpu_s(pid)
-                except (OSError, ValueError, IndexError):
+                    total += proclib.cpu_s(pid)
+                except ProcessLookupError:
                     pass
         out.append((time.time_ns(), total))
         time.sleep(0.2)
@@ -163,7 +138,7 @@ def _measure(args, concurrency: int, workers: int, server_pids: list[int], procs
         cluster=ClusterConfig(workers=workers, num_cpus=2, worker_cpus=0.5),
         progress=False,
     )
-    srv0 = sum(proc_cpu_s(p) for p in server_pids)
+    srv0 = sum(proclib.cpu_s(p) for p in server_pids)
     stop = threading.Event()
     rss: dict = {}
     sampler = threading.Thread(target=sample_worker_rss, args=(run_dir, stop, rss), daemon=True)
@@ -175,7 +150,7 @@ def _measure(args, concurrency: int, workers: int, server_pids: list[int], procs
     wall = time.monotonic() - t0
     stop.set()
     level = meta["levels"][0]
-    srv_cpu = sum(proc_cpu_s(p) for p in server_pids) - srv0
+    srv_cpu = sum(proclib.cpu_s(p) for p in server_pids) - srv0
     recs = read_records(run_dir)
     ok = recs.filter(np.array(recs.column("status").to_pylist()) == "ok")
     streamed = int(np.sum(ok.column("output_tokens").to_numpy()))

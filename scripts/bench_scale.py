@@ -45,6 +45,7 @@ import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from rich.console import Console  # noqa: E402
 
+from loadgen import procs  # noqa: E402
 from loadgen.config import (  # noqa: E402
     AnalysisConfig,
     ClusterConfig,
@@ -67,13 +68,6 @@ def machine_cpu() -> tuple[float, float]:
         vals = [float(v) for v in f.readline().split()[1:]]
     idle = vals[3] + vals[4]
     return sum(vals) - idle, sum(vals)
-
-
-def proc_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def concurrency(start_ns: np.ndarray, end_ns: np.ndarray, lo_ns: int, hi_ns: int) -> tuple[int, float]:
@@ -138,13 +132,13 @@ class Measured:
 def measure(cfg: LoadgenConfig, run_dir: Path, sims: list[SimProcess]) -> Measured:
     """Run ``cfg`` with loadgen's driver and measure the machine around it."""
     busy0, total0 = machine_cpu()
-    sim0 = sum(proc_cpu_s(s.pid) for s in sims)
+    sim0 = sum(procs.cpu_s(s.pid) for s in sims)
     t0 = time.monotonic()
     meta = run(validate(cfg), str(run_dir), console=Console(file=io.StringIO()))
     wall = time.monotonic() - t0
     busy1, total1 = machine_cpu()
     cores = (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
-    sim_cpu = sum(proc_cpu_s(s.pid) for s in sims) - sim0
+    sim_cpu = sum(procs.cpu_s(s.pid) for s in sims) - sim0
     return Measured(meta, read_records(str(run_dir)), cores, sim_cpu, wall)
 
 
