@@ -207,3 +207,19 @@ def test_burst_shape_sends_n_requests_inside_one_second_after_idle():
     off = shaped_offsets(load, 200.0, seed=1)
     assert len(off) == 200
     assert off.min() >= 3.0 and off.max() < 4.0
+
+
+@pytest.mark.parametrize("arrival", ["poisson", "gamma"])
+def test_the_steady_window_offers_exactly_the_named_rate(arrival):
+    """Random arrivals: the warm-up and the judged window each hold their exact count, on every seed."""
+    load = LoadConfig(kind="rate", arrival=arrival, burstiness=4.0, duration_s=8.0, warmup_s=2.0)
+    window_counts = set()
+    for seed in range(40):
+        offsets = shaped_offsets(load, 13.5, seed=seed)
+        assert np.all(np.diff(offsets) >= 0)
+        window_counts.add(int(np.count_nonzero(offsets >= 2.0)))
+        assert np.count_nonzero(offsets < 2.0) == 27 and len(offsets) == 108
+    assert window_counts == {81}  # 13.5 req/s × 6 s
+    # Drawn over the whole level, the window's count varies from seed to seed (81 ± 9 for Poisson).
+    whole = {int(np.count_nonzero(arrival_offsets(arrival, 13.5, 8.0, 10**6, burstiness=4.0, seed=s) >= 2.0)) for s in range(40)}
+    assert len(whole) > 5
