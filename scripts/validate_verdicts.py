@@ -77,7 +77,7 @@ import fifo_server  # noqa: E402
 
 TOLERANCE = 0.15  # saturation point and goodput capacity within ±15 % of the truth
 LOW_FRACTION = 0.8  # no level below 80 % of capacity may be called saturated
-MAX_LEVEL_S = 30.0  # no level longer than this (sending phase)
+MAX_LEVEL_S = 30.0  # no level longer than this (sending phase), unless the case says otherwise
 SWEEP = (0.33, 0.66, 0.9, 1.2, 1.5)  # levels as fractions of the true capacity
 
 
@@ -105,6 +105,7 @@ class Case:
     search_start: float = 0.3  # search: first rate, as a fraction of the truth
     search_max_levels: int = 6
     max_run_s: float = 300.0
+    max_level_s: float = MAX_LEVEL_S  # load.max_duration_s: the longest level loadgen may stretch to
     note: str = ""
 
 
@@ -126,8 +127,9 @@ CASES: dict[str, Case] = {c.name: c for c in (
          fractions=(0.33, 0.66, 1.5), duration_s=8.0, slo_ttft_ms=3000.0,
          note="32 slots, 6.03 s requests, default 8 s levels; 1/3, 2/3 and 1.5 × capacity"),
     Case("fifo-long-near", "fifo", output_tokens=300, slots=32, ttft_ms=50, itl_ms=20,
-         fractions=(0.66, 0.9, 1.2), duration_s=8.0, slo_ttft_ms=10000.0,
-         note="6.03 s requests at 0.66, 0.9 and 1.2 × capacity; TTFT SLO 10 s, so keeping up alone must find the overload"),
+         fractions=(0.66, 0.9, 1.2), duration_s=8.0, slo_ttft_ms=10000.0, max_level_s=100.0, max_run_s=500.0,
+         note="6.03 s requests at 0.66, 0.9 and 1.2 × capacity; TTFT SLO 10 s, so keeping up alone must find the "
+              "overload (a 20 % overload of 6 s requests shows only after ~30 s: levels may stretch to 100 s)"),
     Case("fifo-search", "fifo", output_tokens=32, slots=4, ttft_ms=50, itl_ms=10, load="search",
          duration_s=8.0, search_start=0.3, search_max_levels=5, note="load=search (5 levels), 4 slots, 0.36 s requests"),
     Case("fifo-1slot-sweep", "fifo", output_tokens=16, slots=1, ttft_ms=50, itl_ms=10, duration_s=20.0,
@@ -223,7 +225,7 @@ def config_for(case: Case, target: TargetConfig, capacity: float) -> LoadgenConf
         search_max_levels=case.search_max_levels,
     )
     if hasattr(load, "max_duration_s"):  # newer loadgen stretches levels to the latency: keep each ≤ 30 s
-        load.max_duration_s = max(MAX_LEVEL_S, case.duration_s)
+        load.max_duration_s = max(case.max_level_s, case.duration_s)
     return LoadgenConfig(
         target=target,
         workload=WorkloadConfig(num_requests=4000, input_tokens=LengthDist(mean=case.input_tokens),

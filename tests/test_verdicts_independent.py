@@ -62,11 +62,6 @@ def test_long_requests_below_capacity_are_not_called_saturated(tmp_path):
     _check("fifo-long-sweep", tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open in issue 11: the search's level at 1.2 T was judged kept up (its window held 11.2 req/s of the 13.5 "
-    "offered and in-flight did not grow); docs/verdicts.md",
-)
 def test_search_goodput_capacity_is_near_the_truth_and_was_served(tmp_path):
     """load=search on 4 slots, 0.36 s requests: saturation and goodput capacity within ±15 %, goodput ≤ best served."""
     _check("fifo-search", tmp_path)
