@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from test_local_ray import alive, descendants, kill_leftovers, listening
+from loadgen.procs import ProcessTree, kill
+from test_local_ray import listening
 
 pytestmark = pytest.mark.slow
 
@@ -59,16 +60,20 @@ def cluster(tmp_path):
     env.update(LOADGEN_CLUSTER_DIR=str(state), LOADGEN_RAY_TEMP_DIR=str(temp),
                LOADGEN_NODE_START_TIMEOUT_S="300")
     port, dash = free_port(), free_port()
-    known: dict[int, str] = {}
+    trees: dict[int, ProcessTree] = {}  # each node's processes, from the PID its start script left
+
+    def alive() -> list[int]:
+        return sorted({pid for tree in trees.values() for pid in tree.alive()})
 
     def script(*args: str, check: bool = True) -> subprocess.CompletedProcess:
         res = subprocess.run(["bash", str(ROOT / "scripts" / args[0]), *args[1:]], env=env, capture_output=True,
                              text=True, timeout=400)
         for pid_file in state.glob("*.pid"):
             try:
-                descendants(int(pid_file.read_text()), known)
-            except (ValueError, OSError, KeyError):
-                pass
+                root = int(pid_file.read_text())
+            except (ValueError, OSError):
+                continue
+            trees.setdefault(root, ProcessTree(root)).sample()
         if check:
             assert res.returncode == 0, res.stdout + res.stderr
         return res
@@ -84,21 +89,21 @@ def cluster(tmp_path):
         env.update(kv.split("=", 1) for kv in exports[0].split())
         script("cluster_start.sh", "worker", "--ip", "127.0.0.1", "--address", f"127.0.0.1:{port}", "--cpus", "2",
                "--slots", "2", "--name", "w1")
-        yield env, f"http://127.0.0.1:{dash}", known
+        yield env, f"http://127.0.0.1:{dash}", alive
     finally:
         script("cluster_stop.sh", check=False)
         deadline = time.monotonic() + 30
-        while alive(known) and time.monotonic() < deadline:
+        while alive() and time.monotonic() < deadline:
             time.sleep(0.25)
-        left = alive(known)
-        kill_leftovers(known)
+        left = alive()
+        kill(left)
         shutil.rmtree(temp, ignore_errors=True)
     assert not left, "processes of the stopped nodes were still alive 30 s later (now killed)"
 
 
 def test_a_loadgen_run_submitted_as_a_ray_job_uses_the_worker_node(cluster, tmp_path):
-    env, dashboard, known = cluster
-    sockets = listening(alive(known))
+    env, dashboard, alive = cluster
+    sockets = listening(alive())
     assert sockets, "no listening socket found: the check would pass vacuously"
     exposed = {pid: addrs for pid, addrs in sockets.items() if addrs - {"127.0.0.1", "::1"}}
     assert not exposed, f"node processes listening beyond 127.0.0.1: {exposed}"
