@@ -163,7 +163,9 @@ def test_tiny_sweep_end_to_end_writes_everything_and_leaks_no_secret(tmp_path):
     assert not exposed, exposed
 
     meta = json.loads((run_dir / "run.json").read_text())
-    assert meta["status"] == "complete" and len(meta["levels"]) == 2
+    # Both levels ran; a level too short to judge is run once more, longer, under the same value.
+    assert meta["status"] == "complete" and sorted({lv["value"] for lv in meta["levels"]}) == [4.0, 12.0]
+    assert len(meta["levels"]) <= 4
     recs = ds.dataset(run_dir / "records", format="parquet", partitioning="hive").to_table()
     for lv in meta["levels"]:
         led = lv["ledger"]
