@@ -179,7 +179,7 @@ class LoadConfig:
 
     kind: str = "sweep"  # concurrency | rate | trace | sweep | search
     levels: list[float] = field(default_factory=lambda: [6.0, 12.0, 18.0, 24.0, 30.0, 36.0])  # req/s (open loop) or concurrency (closed loop)
-    arrival: str = "poisson"  # constant | poisson | gamma (open-loop levels)
+    arrival: str = "poisson"  # constant | poisson | gamma (open-loop levels; warm-up and window each get their exact count)
     burstiness: float = 1.0  # gamma shape^-1: 1 = Poisson, >1 burstier, <1 smoother
     duration_s: float = 10.0  # length of each level's sending phase
     max_duration_s: float = 120.0  # rate levels are stretched up to this when requests are long (warm-up ≥ 1, window ≥ 2 service times)
