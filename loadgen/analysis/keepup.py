@@ -95,15 +95,15 @@ def service_time_s(times: RequestTimes) -> Optional[float]:
     return float(np.percentile(e2e[e_ok], 50)) / NS_PER_S if np.any(e_ok) else None
 
 
-def in_flight_growth(times: RequestTimes, window: Window) -> tuple[float, float, float]:
-    """Slope (req/s), the residual std and the mean of the in-flight count over the window."""
+def in_flight_growth(times: RequestTimes, window: Window) -> tuple[float, float]:
+    """Slope (req/s) and the residual std of the in-flight count over the window."""
     sent = times.sent != MISSING
     t = np.linspace(window.start_ns, window.end_ns, SAMPLES, endpoint=False).astype(np.int64)
     n = in_flight_at(times.sent[sent], times.end[sent], t).astype(np.float64)
     x = (t - t[0]) / NS_PER_S
     slope, intercept = np.polyfit(x, n, 1)
     resid = n - (slope * x + intercept)
-    return float(slope), float(np.std(resid, ddof=2)), float(np.mean(n))
+    return float(slope), float(np.std(resid, ddof=2))
 
 
 def keep_up(times: RequestTimes, window: Window, level_start_ns: Optional[int], tolerance: float) -> KeepUp:
@@ -129,12 +129,11 @@ def keep_up(times: RequestTimes, window: Window, level_start_ns: Optional[int], 
             f"(it had {ramp_s:.3g} s and {seconds:.3g} s)"
         )
         return out
-    slope, resid_std, mean_n = in_flight_growth(times, window)
+    slope, resid_std = in_flight_growth(times, window)
     # In-flight counts one service time apart are what is independent.
     independent = max(2.0, seconds / max(out.service_s, seconds / SAMPLES))
-    spread = resid_std
     out.growth_rps = slope
-    out.growth_se = spread * float(np.sqrt(12.0 / independent)) / seconds
+    out.growth_se = resid_std * float(np.sqrt(12.0 / independent)) / seconds
     out.served_rps = out.offered_rps - max(0.0, slope)
     # Two signs of falling behind, and a level fails only on both. By Little's law, a server that
     # falls behind accumulates requests in flight at the rate arrivals outpace it. By latency, its
@@ -150,6 +149,13 @@ def keep_up(times: RequestTimes, window: Window, level_start_ns: Optional[int], 
     late_ns = int(LATE_SERVICES * out.service_s * NS_PER_S)
     in_time = int(np.count_nonzero(scheduled & (times.end != MISSING) & (times.end - times.scheduled <= late_ns)))
     late = arrived > 0 and in_time < tolerance * arrived - np.sqrt(arrived)
+    # A queue that falls behind is a random walk: its in-flight count drifts by (offered − served)
+    # per second with a variance of (offered + served) per second, so its slope over a window of W
+    # seconds carries a standard error of √(6 (offered + served) / 5W). A slope within that of an
+    # overload at the tolerance (adding `margin` req/s) cannot rule one out.
+    margin = (1.0 - tolerance) * out.offered_rps
+    out.walk_se = float(np.sqrt(6.0 * (out.offered_rps + out.served_rps) / (5.0 * seconds)))
+    within_wander = slope > margin - GROWTH_SIGMAS * out.walk_se
     out.kept_up = not (growing and late)
     if not out.kept_up:
         out.reason = (
@@ -160,19 +166,13 @@ def keep_up(times: RequestTimes, window: Window, level_start_ns: Optional[int], 
         )
     elif late:
         # Requests answered late, the in-flight count not clearly growing: a long but stable queue (one
-        # slot at 90 % load), or an overload whose growth the window is too short to see. A queue that
-        # falls behind is a random walk: its in-flight count drifts by (offered − served) per second
-        # with a variance of (offered + served) per second, so its slope over a window of W seconds
-        # carries a standard error of √(6 (offered + served) / 5W). Kept up only when an overload at
-        # the tolerance would have drifted visibly more than this level did.
-        margin = (1.0 - tolerance) * out.offered_rps
-        out.walk_se = float(np.sqrt(6.0 * (out.offered_rps + out.served_rps) / (5.0 * seconds)))
-        if slope > margin - GROWTH_SIGMAS * out.walk_se:
-            ramp_s = (window.start_ns - level_start_ns) / NS_PER_S if level_start_ns is not None else 0.0
+        # slot at 90 % load), or an overload whose growth the window is too short to see. Kept up only
+        # when an overload at the tolerance would have drifted visibly more than this level did.
+        if within_wander:
             gap = margin - slope
             wanted = seconds * (GROWTH_SIGMAS * out.walk_se / gap) ** 2 if gap > 0 else 4.0 * seconds
             out.judgeable = False
-            out.needed_s = ramp_s + max(2.0 * seconds, wanted)
+            out.needed_s = (ramp_s if level_start_ns is not None else 0.0) + max(2.0 * seconds, wanted)
             out.reason = (
                 f"too short to judge: {arrived - in_time:,} of the window's {arrived:,} requests were answered late "
                 f"while requests in flight grew {slope:,.3g} req/s, within the ± {out.walk_se:,.2g} req/s a queue "
@@ -189,11 +189,9 @@ def keep_up(times: RequestTimes, window: Window, level_start_ns: Optional[int], 
         confirm_s = CONFIRM_FACTOR * (LATE_SERVICES - 1.0) * out.service_s / overload
         ran_s = (window.end_ns - level_start_ns) / NS_PER_S
         if ran_s < confirm_s:
-            margin = (1.0 - tolerance) * out.offered_rps
-            out.walk_se = float(np.sqrt(6.0 * (out.offered_rps + out.served_rps) / (5.0 * seconds)))
             wait_s = _late_wait_s(times, window, out.service_s)
             queued = wait_s is not None and wait_s > QUEUE_SERVICES * out.service_s
-            if out.ratio < tolerance or (queued and slope > margin - GROWTH_SIGMAS * out.walk_se):
+            if out.ratio < tolerance or (queued and within_wander):
                 out.judgeable = False
                 out.needed_s = confirm_s
                 evidence = (

@@ -81,18 +81,20 @@ class RunSummary:
         """
         short = {lv.level: [n for n in lv.notes if is_too_few_note(n)] for lv in self.levels}
         short = {k: v for k, v in short.items() if v}
+        together = len(short) > 1
         out = list(self.notes)
-        if len(short) > 1:
-            counts = [c for lv in self.levels if lv.level in short for c in _slo_counts(lv).values() if c]
-            metrics = sorted({m for lv in self.levels if lv.level in short for m, c in _slo_counts(lv).items()
-                              if 0 < c < min_samples_for_upper(self.slo.percentile)})
+        if together:
+            need = min_samples_for_upper(self.slo.percentile)
+            counts = [_slo_counts(lv) for lv in self.levels if lv.level in short]
+            samples = [c for per_level in counts for c in per_level.values() if c]
+            metrics = sorted({m for per_level in counts for m, c in per_level.items() if 0 < c < need})
             out.append(
                 f"p{self.slo.percentile:g} {' and '.join(metrics)} of levels {_ranges(sorted(short))} rest on "
-                f"{min(counts):,} to {max(counts):,} samples, too few to bound (an upper bound needs "
-                f"≥ {min_samples_for_upper(self.slo.percentile):,}): longer levels (load.duration_s) give more"
+                f"{min(samples):,} to {max(samples):,} samples, too few to bound (an upper bound needs "
+                f"≥ {need:,}): longer levels (load.duration_s) give more"
             )
         for lv in self.levels:
-            hidden = short.get(lv.level, []) if len(short) > 1 else []
+            hidden = short.get(lv.level, []) if together else []
             out += [f"level {lv.level}: {n}" for n in lv.notes if n not in hidden]
         return out
 
